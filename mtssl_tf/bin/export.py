@@ -1,0 +1,45 @@
+"""mtssl-export: turns a trunk checkpoint (slim's public one or ours) into a SavedModel.
+
+  mtssl-export --checkpoint=/data/resnet_v2_101.ckpt --export_dir=/exports/slim_rn101
+
+The trunk's depth is read from the checkpoint's variable names; output stride, weight decay and
+batch norm settings come from gin (`Trunk.output_stride`, ...). See `mtssl_tf/export.py` for
+what the SavedModel holds.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mtssl_tf import export as export_lib
+from mtssl_tf.bin import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or directory (latest checkpoint).")
+flags.DEFINE_string("export_dir", None, "Where to write the SavedModel.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --export_dir.")
+common.define_gin_flags()
+flags.mark_flags_as_required(["checkpoint", "export_dir"])
+
+
+def main(argv):
+  del argv
+  common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  try:
+    export_dir, report = export_lib.export_from_checkpoint(
+        FLAGS.checkpoint, FLAGS.export_dir, overwrite=FLAGS.overwrite)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    sys.exit(f"mtssl-export: {e}")
+  print(report.summary())
+  print(f"SavedModel written to {export_dir}")
+  logging.info("Done.")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
