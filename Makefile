@@ -16,7 +16,6 @@ $(STAMP): requirements.txt setup.py
 		"mtssl_tf needs Python 3.11 (TF 2.15 stack); found " + sys.version.split()[0] + \
 		". Set PYTHON=/path/to/python3.11.")'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade 'pip<25'
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

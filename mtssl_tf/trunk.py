@@ -172,7 +172,6 @@ class Trunk(tf.keras.layers.Layer):
         resnet_v2.resnet_v2_block(name, base_depth=base, num_units=units, stride=2)
         for name, base, units in zip(block_names(), _BASE_DEPTHS, BLOCK_UNITS[depth])
     ]
-    self._collection = f"mtssl_tf_trunk_end_points_{id(self)}"
 
   def get_config(self):
     config = super().get_config()
@@ -210,48 +209,52 @@ class Trunk(tf.keras.layers.Layer):
       training = False
     # slim's stack_blocks_dense counts strides after the root block (stride 4).
     block_stride = None if self.output_stride == 32 else self.output_stride // 4
-    graph = tf.compat.v1.get_default_graph()
-    try:
-      with slim.arg_scope(
-          trunk_arg_scope(
-              weight_decay=self.weight_decay,
-              batch_norm_decay=self.batch_norm_decay,
-              batch_norm_epsilon=self.batch_norm_epsilon)):
-        with tf.compat.v1.variable_scope(self.scope, values=[inputs]):
-          with slim.arg_scope(
-              [slim.conv2d, resnet_v2.bottleneck, resnet_utils.stack_blocks_dense],
-              outputs_collections=self._collection):
-            with slim.arg_scope([slim.batch_norm], is_training=training):
-              # As in slim's resnet_v2: no BN or ReLU after conv1, the first unit does them.
-              with slim.arg_scope([slim.conv2d], activation_fn=None, normalizer_fn=None):
-                net = resnet_utils.conv2d_same(inputs, 64, 7, stride=2, scope="conv1")
-              conv1 = net
-              net = slim.max_pool2d(net, [3, 3], stride=2, scope="pool1")
-              pool1 = net
-              resnet_utils.stack_blocks_dense(net, self._blocks, block_stride)
-      collected = slim.utils.convert_collection_to_dict(self._collection)
-    finally:
-      # The collection lives on the (global, in eager) default graph: clear it or it leaks.
-      graph.clear_collection(self._collection)
-    return self._rename_endpoints(collected, conv1, pool1)
-
-  def _rename_endpoints(self, collected, conv1, pool1):
-    """Keeps the block and unit outputs, named without scope or 'bottleneck_v2'."""
-    endpoints = {"conv1": conv1, "pool1": pool1}
+    endpoints = {}
     prefix = self.scope + "/"
-    for key, value in collected.items():
-      if not key.startswith(prefix):
-        continue
-      key = key[len(prefix):]
-      if key.endswith("/bottleneck_v2"):
-        endpoints[key[:-len("/bottleneck_v2")]] = value
-      elif key in block_names():
-        endpoints[key] = value
-    expected = 2 + len(block_names()) + sum(BLOCK_UNITS[self.depth])
-    if len(endpoints) != expected:
-      raise RuntimeError(f"Trunk collected {len(endpoints)} endpoints, expected {expected}: "
-                         f"{sorted(endpoints)}")
+
+    def recording_unit(net, **unit_args):
+      # Records each unit's output under 'blockK/unit_J' (the enclosing variable scope). This
+      # replaces slim's outputs_collections, which live on the global graph: they leak in eager
+      # and are shared between MirroredStrategy's replica threads.
+      net = resnet_v2.bottleneck(net, **unit_args)
+      endpoints[tf.compat.v1.get_variable_scope().name[len(prefix):]] = net
+      return net
+
+    blocks = [resnet_utils.Block(b.scope, recording_unit, b.args) for b in self._blocks]
+    with slim.arg_scope(
+        trunk_arg_scope(
+            weight_decay=self.weight_decay,
+            batch_norm_decay=self.batch_norm_decay,
+            batch_norm_epsilon=self.batch_norm_epsilon)):
+      with tf.compat.v1.variable_scope(
+          self.scope, values=[inputs], custom_getter=self._variable_getter):
+        with slim.arg_scope([slim.batch_norm], is_training=training):
+          # As in slim's resnet_v2: no BN or ReLU after conv1, the first unit does them.
+          with slim.arg_scope([slim.conv2d], activation_fn=None, normalizer_fn=None):
+            endpoints["conv1"] = resnet_utils.conv2d_same(inputs, 64, 7, stride=2, scope="conv1")
+          endpoints["pool1"] = slim.max_pool2d(
+              endpoints["conv1"], [3, 3], stride=2, scope="pool1")
+          resnet_utils.stack_blocks_dense(endpoints["pool1"], blocks, block_stride)
+    for block, num_units in zip(block_names(), BLOCK_UNITS[self.depth]):
+      # A block's output is its last unit's output (stack_blocks_dense adds nothing after it).
+      endpoints[block] = endpoints[f"{block}/unit_{num_units}"]
     return endpoints
+
+  def _variable_getter(self, getter, name, *args, **kwargs):
+    """Finds existing variables itself where the Keras shim's variable store is not visible.
+
+    MirroredStrategy runs replicas 1..N-1 in threads of their own under `reuse=True`; the shim's
+    store (thread-local) is absent there and TF1's store would fail to find the variables. The
+    layer's own variables are looked up by name instead. Batch norm statistics are created
+    with MEAN aggregation so that replicas can update them in replica context.
+    """
+    if kwargs.get("reuse") is True:
+      for var in self.variables:
+        if var.name.split(":")[0] == name:
+          return var
+    if name.endswith(("/moving_mean", "/moving_variance")):
+      kwargs["aggregation"] = tf.VariableAggregation.MEAN
+    return getter(name, *args, **kwargs)
 
   def regularization_loss(self):
     """slim's weight decay on the conv weights: sum of weight_decay * ||w||^2 / 2.
