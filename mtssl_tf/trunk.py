@@ -47,6 +47,8 @@ NUM_OUTPUT_CHANNELS = 1024
 # Variables of slim's full network that the trunk does not have: they are skipped on loading.
 _NOT_IN_TRUNK = re.compile(r"^resnet_v2_\d+/(block[4-9]|postnorm|logits)(/|$)")
 _EMA_SUFFIX = "/ExponentialMovingAverage"
+# Error messages list at most this many missing variables by name.
+_MAX_LISTED = 40
 
 
 def scope_name(depth):
@@ -387,7 +389,9 @@ def init_from_checkpoint(trunk, path):
     lines = [f"Checkpoint {prefix} does not fit the trunk {trunk.scope} "
              f"(depth {trunk.depth}); it holds scopes {found_scopes}."]
     if missing:
-      lines.append(f"Missing {len(missing)} trunk variables: " + ", ".join(missing))
+      shown = ", ".join(missing[:_MAX_LISTED])
+      more = f", ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+      lines.append(f"Missing {len(missing)} trunk variables: {shown}{more}")
     if misshaped:
       lines.append(f"Mis-shaped {len(misshaped)} trunk variables: " + "; ".join(misshaped))
     lines.append("Use a checkpoint of the same depth (gin: Trunk.depth).")

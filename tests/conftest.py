@@ -25,6 +25,17 @@ def randomize_batch_norm(variables, seed=0):
       v.assign(rng.uniform(-0.2, 0.2, shape).astype(np.float32))
 
 
+def save_tf1_checkpoint(values, prefix):
+  """Saves {variable name: array} as a TF1 name-based checkpoint (as slim's are); returns prefix."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf_vars = [tf.compat.v1.Variable(value, name=name) for name, value in values.items()]
+    with tf.compat.v1.Session(graph=graph) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      tf.compat.v1.train.Saver(tf_vars).save(sess, prefix, write_meta_graph=False)
+  return prefix
+
+
 @pytest.fixture
 def rng():
   return np.random.RandomState(0)
