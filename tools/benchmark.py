@@ -1,0 +1,142 @@
+"""Benchmarks, printed as JSON lines, each against a peer measured in the same run.
+
+  python tools/benchmark.py                       # trunk: 96x96 and 224x224, batch 8
+  python tools/benchmark.py --sizes=224 --steps=3
+
+Trunk training step (forward, backward, RMSProp update) in images/s beside the same step for
+`tf.keras.applications.ResNet101V2(weights=None, include_top=False)` cut at `conv4_block23_out`
+(the same network up to block 3, written in Keras); and the trunk's achieved GFLOP/s beside the
+best conv/matmul throughput this script measures on the machine in the same run. Measurements of
+the trunk and its peer alternate in rounds and the median round is reported, so that a busy
+machine slows both alike. Not a test: nothing here asserts.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mtssl_tf import input_convention  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("sizes", ["96", "224"], "Square input sizes.")
+flags.DEFINE_integer("batch_size", 8, "Images per training step.")
+flags.DEFINE_integer("steps", 3, "Timed steps per round.")
+flags.DEFINE_integer("rounds", 3, "Alternating rounds of trunk and peer; the median is kept.")
+flags.DEFINE_integer("depth", 101, "Trunk depth.")
+
+
+def emit(**record):
+  print(json.dumps(record), flush=True)
+
+
+def forward_flops(fn, spec):
+  """FLOPs of one call of `fn` on `spec`, counted by TF's profiler on the traced graph."""
+  # pylint: disable=g-direct-tensorflow-import
+  from tensorflow.python.profiler import model_analyzer
+  from tensorflow.python.profiler import option_builder
+  graph = tf.function(fn).get_concrete_function(spec).graph
+  opts = option_builder.ProfileOptionBuilder.float_operation()
+  opts["output"] = "none"
+  return model_analyzer.profile(graph, options=opts).total_float_ops
+
+
+def make_train_step(forward, variables):
+  optimizer = tf.keras.optimizers.RMSprop(learning_rate=1e-4)
+  optimizer.build(variables)
+
+  @tf.function
+  def step(images):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(tf.square(forward(images)))
+    grads = tape.gradient(loss, variables)
+    optimizer.apply_gradients(zip(grads, variables))
+    return loss
+
+  return step
+
+
+def time_steps(step, images, steps):
+  step(images).numpy()  # trace and warm up
+  start = time.perf_counter()
+  for _ in range(steps):
+    loss = step(images)
+  loss.numpy()
+  return (time.perf_counter() - start) / steps
+
+
+def measure_peak(seconds=3.0):
+  """Best GFLOP/s of a large matmul and of a ResNet-like 3x3 conv on this machine."""
+  results = {}
+  a = tf.random.normal([2048, 2048])
+  matmul = tf.function(lambda x: tf.matmul(x, x))
+  x = tf.random.normal([8, 28, 28, 256])
+  w = tf.random.normal([3, 3, 256, 256])
+  conv = tf.function(lambda x: tf.nn.conv2d(x, w, 1, "SAME"))
+  for name, fn, arg, flops in [
+      ("matmul_2048", matmul, a, 2 * 2048**3),
+      ("conv3x3_256_28x28_b8", conv, x, 2 * 8 * 28 * 28 * 256 * 256 * 9),
+  ]:
+    fn(arg).numpy()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      fn(arg).numpy()
+      count += 1
+    results[name] = flops * count / (time.perf_counter() - start) / 1e9
+  return results
+
+
+def keras_peer(size):
+  base = tf.keras.applications.ResNet101V2(
+      weights=None, include_top=False, input_shape=(size, size, 3))
+  return tf.keras.Model(base.input, base.get_layer("conv4_block23_out").output)
+
+
+def main(argv):
+  del argv
+  emit(benchmark="machine", tensorflow=tf.__version__, cpus=os.cpu_count(),
+       gpus=len(tf.config.list_physical_devices("GPU")))
+  peak = measure_peak()
+  peak_gflops = max(peak.values())
+  emit(benchmark="peak", **{f"{k}_gflops": round(v, 1) for k, v in peak.items()})
+  for size in map(int, FLAGS.sizes):
+    trunk = trunk_lib.Trunk(depth=FLAGS.depth)
+    spec = tf.TensorSpec([1, size, size, 3], tf.float32)
+    ours_fwd = lambda x: trunk(x, training=True)["block3"]  # pylint: disable=cell-var-from-loop
+    trunk(tf.zeros([1, size, size, 3]))
+    flops_per_image = forward_flops(lambda x: trunk(x, training=False)["block3"], spec)  # pylint: disable=cell-var-from-loop
+    peer = keras_peer(size)
+    peer_fwd = lambda x: peer(x, training=True)  # pylint: disable=cell-var-from-loop
+    images = input_convention.to_trunk_input(
+        tf.random.uniform([FLAGS.batch_size, size, size, 3], 0, 255))
+    ours_step = make_train_step(ours_fwd, trunk.trainable_variables)
+    peer_step = make_train_step(peer_fwd, peer.trainable_variables)
+    ours_t, peer_t = [], []
+    for _ in range(FLAGS.rounds):
+      ours_t.append(time_steps(ours_step, images, FLAGS.steps))
+      peer_t.append(time_steps(peer_step, images, FLAGS.steps))
+    ours_s, peer_s = statistics.median(ours_t), statistics.median(peer_t)
+    ours_ips, peer_ips = FLAGS.batch_size / ours_s, FLAGS.batch_size / peer_s
+    # A training step costs about 3x the forward pass (forward, grad wrt inputs, grad wrt weights).
+    achieved = 3 * flops_per_image * FLAGS.batch_size / ours_s / 1e9
+    emit(benchmark="trunk_train_step", size=size, batch_size=FLAGS.batch_size,
+         depth=FLAGS.depth, trunk_images_per_s=round(ours_ips, 2),
+         keras_resnet101v2_block3_images_per_s=round(peer_ips, 2),
+         ratio_trunk_over_keras=round(ours_ips / peer_ips, 3),
+         forward_gflops_per_image=round(flops_per_image / 1e9, 2),
+         trunk_achieved_gflops=round(achieved, 1), peak_gflops=round(peak_gflops, 1),
+         fraction_of_peak=round(achieved / peak_gflops, 3),
+         trunk_trainable_params=trunk_lib.count_parameters(trunk.trainable_variables),
+         keras_trainable_params=trunk_lib.count_parameters(peer.trainable_variables),
+         trunk_round_s=[round(t, 3) for t in ours_t], keras_round_s=[round(t, 3) for t in peer_t])
+
+
+if __name__ == "__main__":
+  app.run(main)
