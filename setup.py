@@ -18,6 +18,7 @@ setuptools.setup(
     version="0.1.0",
     description="Multi-task self-supervised visual learning (Doersch & Zisserman 2017) in TF2.",
     packages=setuptools.find_packages(include=["mtssl_tf", "mtssl_tf.*"]),
+    package_data={"mtssl_tf.assets": ["*.npy"]},
     python_requires=">=3.11,<3.12",
     install_requires=_requirements(),
     extras_require={"test": ["pytest>=7,<9"]},
