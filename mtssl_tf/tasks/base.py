@@ -1,0 +1,91 @@
+"""What every task (pretext or evaluation) exposes, and the registry that finds them by name.
+
+A task is Estimator-shaped: `input_fn(input_context)` returns a `tf.data.Dataset` of feature
+dicts batched per replica, and `model_fn(features, mode)` returns a `Spec` (loss, predictions,
+metrics). Our training loop (issue 5) drives them under `tf.distribute`. Adding a fifth task is
+one file that subclasses `Task` and decorates it with `@register("name")`, plus one gin file.
+
+Feature keys are prefixed with the task's name (`"colorization/ab_target"`), so tasks never
+collide (../shared/STYLE.md habit 3).
+"""
+
+import dataclasses
+import enum
+
+import tensorflow as tf
+
+
+class Mode(str, enum.Enum):
+  """What `model_fn` is asked to do (tf.estimator.ModeKeys, without tf.estimator)."""
+  TRAIN = "train"
+  EVAL = "eval"
+  PREDICT = "predict"
+
+
+@dataclasses.dataclass
+class Spec:
+  """What `model_fn` returns.
+
+  Attributes:
+    loss: scalar float Tensor (per-replica mean; the loop divides by the number of replicas),
+      None in PREDICT mode.
+    predictions: dict of Tensors, batch-major.
+    metrics: dict of scalar Tensors for summaries (accuracy and the like).
+  """
+  loss: tf.Tensor = None
+  predictions: dict = dataclasses.field(default_factory=dict)
+  metrics: dict = dataclasses.field(default_factory=dict)
+
+
+_REGISTRY = {}
+
+
+def register(name):
+  """Class decorator: makes a `Task` subclass available as `get(name)`."""
+
+  def decorator(cls):
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+      raise ValueError(f"Task name {name!r} is registered twice: {_REGISTRY[name]} and {cls}.")
+    _REGISTRY[name] = cls
+    cls.name = name
+    return cls
+
+  return decorator
+
+
+def get(name):
+  """The task class registered under `name`.
+
+  Raises:
+    KeyError: naming the registered tasks.
+  """
+  # Importing the package registers the built-in tasks.
+  import mtssl_tf.tasks  # pylint: disable=g-import-not-at-top,unused-import
+  if name not in _REGISTRY:
+    raise KeyError(f"Unknown task {name!r}; registered tasks: {sorted(_REGISTRY)}.")
+  return _REGISTRY[name]
+
+
+def registered():
+  import mtssl_tf.tasks  # pylint: disable=g-import-not-at-top,unused-import
+  return sorted(_REGISTRY)
+
+
+class Task(tf.Module):
+  """Base class: a head (owned) on a trunk (shared, passed in)."""
+
+  name = None
+
+  def __init__(self, trunk):
+    super().__init__(name=self.name)
+    self.trunk = trunk
+
+  def key(self, suffix):
+    """A feature key owned by this task: '<task name>/<suffix>'."""
+    return f"{self.name}/{suffix}"
+
+  def input_fn(self, input_context=None):
+    raise NotImplementedError
+
+  def model_fn(self, features, mode):
+    raise NotImplementedError

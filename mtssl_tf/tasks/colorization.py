@@ -1,0 +1,176 @@
+"""Colorization (Zhang et al. 2016, as in the paper, section 2): predict the ab colors of a
+grayscale image as a 313-way classification per 8x8 cell.
+
+Input: the image's Lab L channel, scaled to 0-255 and replicated to three channels (so the
+trained trunk still takes color images), through the common input convention. Target: ab
+sampled at stride 8 (the centre pixel of each 8x8 cell, not an average, which would desaturate
+edges), soft-encoded onto the 313 bins in `model_fn`. Loss: cross-entropy with the soft target,
+each cell weighted by the rebalancing weight of its target's most likely bin; images with no
+chroma (every |a|, |b| < 5) are left out. The trunk runs at output stride 8.
+"""
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from mtssl_tf import color
+from mtssl_tf import input_convention
+from mtssl_tf.tasks import base
+
+TARGET_STRIDE = 8
+
+
+def lightness_as_rgb(lab):
+  """Lab [..., 3] -> the L channel on the 0-255 scale replicated to 3 channels, float32.
+
+  Shared with relative position's harmonized mode (paper section 3.3).
+  """
+  lightness = lab[..., :1] * (255.0 / 100.0)
+  return tf.concat([lightness] * 3, axis=-1)
+
+
+@gin.configurable("preprocess", module="colorization", denylist=["example", "training"])
+def preprocess(example, training=True, crop_size=224, seed=None):
+  """{'image': uint8 [H, W, 3]} -> the task's features (no batch axis).
+
+  Images whose shorter side is below `crop_size` are first resized up to it (bilinear, aspect
+  kept); then a random crop (center crop when not training) and a random horizontal flip.
+
+  Args:
+    example: dict with 'image', uint8 [H, W, 3].
+    training: random crop and flip when True.
+    crop_size: side of the square crop; a multiple of 8.
+    seed: optional op seed for the random crop and flip.
+
+  Returns:
+    dict with 'colorization/image' (float32 [S, S, 3], trunk input: L replicated, mean
+    subtracted), 'colorization/ab_target' (float32 [S/8, S/8, 2]) and
+    'colorization/has_color' (bool []).
+
+  Raises:
+    ValueError: if crop_size is not a multiple of 8.
+  """
+  if crop_size % TARGET_STRIDE:
+    raise ValueError(f"colorization crop_size must be a multiple of {TARGET_STRIDE}, got "
+                     f"{crop_size} (gin: colorization.preprocess.crop_size).")
+  image = tf.convert_to_tensor(example["image"])
+  shape = tf.shape(image)
+  short = tf.minimum(shape[0], shape[1])
+  scale = tf.maximum(1.0, crop_size / tf.cast(short, tf.float32))
+  new_size = tf.cast(tf.math.ceil(tf.cast(shape[:2], tf.float32) * scale), tf.int32)
+  image = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
+  image = tf.clip_by_value(image, 0.0, 255.0)
+  if training:
+    image = tf.image.random_crop(image, [crop_size, crop_size, 3], seed=seed)
+    image = tf.image.random_flip_left_right(image, seed=seed)
+  else:
+    top = (new_size[0] - crop_size) // 2
+    left = (new_size[1] - crop_size) // 2
+    image = image[top:top + crop_size, left:left + crop_size]
+  lab = color.rgb_to_lab(image / 255.0)
+  ab = lab[..., 1:]
+  half = TARGET_STRIDE // 2
+  return {
+      "colorization/image": input_convention.to_trunk_input(lightness_as_rgb(lab)[None])[0],
+      "colorization/ab_target": ab[half::TARGET_STRIDE, half::TARGET_STRIDE],
+      "colorization/has_color": tf.logical_not(color.is_grayscale(ab)),
+  }
+
+
+@gin.configurable("loss", module="colorization")
+def colorization_loss(logits, ab_target, has_color, class_weights, sigma=5.0, num_neighbors=5):
+  """Rebalanced soft-target cross-entropy, masked to images with color.
+
+  Args:
+    logits: float [B, h, w, 313].
+    ab_target: float [B, h, w, 2].
+    has_color: bool [B].
+    class_weights: float [313] rebalancing weights.
+    sigma, num_neighbors: soft-encoding settings.
+
+  Returns:
+    (loss: scalar, metrics: dict of scalars). The loss is the weighted mean over the cells of
+    images with color; 0 when no image in the batch has color.
+  """
+  target = color.soft_encode(ab_target, sigma=sigma, num_neighbors=num_neighbors)
+  log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+  per_cell = -tf.reduce_sum(target * log_probs, axis=-1)
+  target_bin = tf.argmax(target, axis=-1, output_type=tf.int32)
+  weights = tf.gather(tf.constant(class_weights, tf.float32), target_bin)
+  mask = tf.cast(has_color, tf.float32)[:, None, None] * tf.ones_like(per_cell)
+  denom = tf.reduce_sum(mask)
+  loss = tf.math.divide_no_nan(tf.reduce_sum(per_cell * weights * mask), denom)
+  correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), target_bin),
+                    tf.float32)
+  metrics = {
+      "accuracy": tf.math.divide_no_nan(tf.reduce_sum(correct * mask), denom),
+      "color_fraction": tf.reduce_mean(tf.cast(has_color, tf.float32)),
+  }
+  return loss, metrics
+
+
+@base.register("colorization")
+@gin.configurable("colorization")
+class Colorization(base.Task):
+  """The colorization task: head and loss on the shared trunk at output stride 8."""
+
+  def __init__(self, trunk, head_width=256, prior_path=None, batch_size=16, crop_size=224,
+               source_fn=None):
+    """Creates the head.
+
+    Args:
+      trunk: the shared `Trunk`; must have output_stride 8.
+      head_width: channels of the head's hidden 3x3 conv.
+      prior_path: .npy of the 313-bin color prior (tools/compute_color_prior.py); None means
+        uniform, i.e. no rebalancing.
+      batch_size: global batch size (split over replicas by the input context).
+      crop_size: input crop side.
+      source_fn: a function(input_context) -> unbatched dataset of {'image': uint8}; default
+        `mtssl_tf.data.sources.image_dataset` (gin-configured).
+
+    Raises:
+      ValueError: if the trunk's output stride is not 8.
+    """
+    super().__init__(trunk)
+    if trunk.output_stride != TARGET_STRIDE:
+      raise ValueError(f"Colorization predicts ab at stride {TARGET_STRIDE}; the trunk has "
+                       f"output_stride {trunk.output_stride}. Bind "
+                       "colorization/Trunk.output_stride = 8 in gin.")
+    prior = None if prior_path is None else np.load(prior_path)
+    self.class_weights = color.rebalancing_weights(prior)
+    self.batch_size = batch_size
+    self.crop_size = crop_size
+    self.source_fn = source_fn
+    self.head = tf.keras.Sequential([
+        tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
+        tf.keras.layers.ReLU(),
+        tf.keras.layers.Conv2D(head_width, 3, padding="same", use_bias=False),
+        tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
+        tf.keras.layers.ReLU(),
+        tf.keras.layers.Conv2D(color.NUM_BINS, 1),
+    ], name="colorization_head")
+
+  def input_fn(self, input_context=None):
+    """Batched (per replica) dataset of the task's features."""
+    if self.source_fn is None:
+      from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
+      dataset = sources.image_dataset(input_context=input_context)
+    else:
+      dataset = self.source_fn(input_context)
+    batch = (input_context.get_per_replica_batch_size(self.batch_size)
+             if input_context else self.batch_size)
+    dataset = dataset.map(lambda ex: preprocess(ex, training=True, crop_size=self.crop_size),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.repeat().batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def model_fn(self, features, mode):
+    training = mode == base.Mode.TRAIN
+    block3 = self.trunk(features["colorization/image"], training=training)["block3"]
+    logits = self.head(block3, training=training)
+    probs = tf.nn.softmax(logits)
+    predictions = {"colorization/ab": color.annealed_mean(probs)}
+    if mode == base.Mode.PREDICT:
+      return base.Spec(predictions=predictions)
+    loss, metrics = colorization_loss(logits, features["colorization/ab_target"],
+                                      features["colorization/has_color"], self.class_weights)
+    return base.Spec(loss=loss, predictions=predictions, metrics=metrics)
