@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from mtssl_tf import color
 from mtssl_tf import input_convention
+from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
 
 TARGET_STRIDE = 8
@@ -53,13 +54,8 @@ def preprocess(example, training=True, crop_size=224, seed=None):
   if crop_size % TARGET_STRIDE:
     raise ValueError(f"colorization crop_size must be a multiple of {TARGET_STRIDE}, got "
                      f"{crop_size} (gin: colorization.preprocess.crop_size).")
-  image = tf.convert_to_tensor(example["image"])
-  shape = tf.shape(image)
-  short = tf.minimum(shape[0], shape[1])
-  scale = tf.maximum(1.0, crop_size / tf.cast(short, tf.float32))
-  new_size = tf.cast(tf.math.ceil(tf.cast(shape[:2], tf.float32) * scale), tf.int32)
-  image = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
-  image = tf.clip_by_value(image, 0.0, 255.0)
+  image = tf.cast(sources.ensure_min_size(example["image"], crop_size), tf.float32)
+  new_size = tf.shape(image)[:2]
   if training:
     image = tf.image.random_crop(image, [crop_size, crop_size, 3], seed=seed)
     image = tf.image.random_flip_left_right(image, seed=seed)
@@ -153,7 +149,6 @@ class Colorization(base.Task):
   def input_fn(self, input_context=None):
     """Batched (per replica) dataset of the task's features."""
     if self.source_fn is None:
-      from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
       dataset = sources.image_dataset(input_context=input_context)
     else:
       dataset = self.source_fn(input_context)

@@ -102,3 +102,20 @@ def test_model_fn_shapes_and_gradients():
   assert predict.loss is None
   with pytest.raises(ValueError, match="output_stride 32"):
     colorization.Colorization(trunk_lib.Trunk(depth=26))
+
+
+def test_input_fn_on_the_toy_source_per_replica_batches():
+  from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
+  trunk = trunk_lib.Trunk(depth=26, output_stride=8)
+  task = colorization.Colorization(
+      trunk, batch_size=4, crop_size=32,
+      source_fn=lambda ctx: sources.image_dataset(
+          source="toy", num_toy_images=8, toy_size=(40, 48), input_context=ctx))
+  context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                       num_replicas_in_sync=2)
+  features = next(iter(task.input_fn(context)))
+  assert features["colorization/image"].shape == (2, 32, 32, 3)
+  assert features["colorization/ab_target"].shape == (2, 4, 4, 2)
+  assert features["colorization/has_color"].dtype == tf.bool
+  spec = task.model_fn(features, base.Mode.EVAL)
+  assert np.isfinite(spec.loss.numpy())

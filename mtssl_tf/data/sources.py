@@ -1,0 +1,422 @@
+"""Image sources for the pretext tasks: TFDS, TFRecord shards, image folders, toy images.
+
+`image_dataset` returns an unbatched `tf.data.Dataset` of dicts
+
+  {"image": uint8 Tensor [height, width, 3] (RGB), "source_id": string Tensor []}
+
+whatever the source, so a pretext task never knows where its images come from. `source_id`
+names the image (TFDS id, file path, `shard:record` or `toy/<seed>/<index>`) for debugging.
+Images keep their own size; tasks crop and resize, using `ensure_min_size` for images that are
+too small for them.
+
+Distribution: pass the `tf.distribute.InputContext` that `distribute_datasets_from_function`
+hands to its dataset function, and each input pipeline reads a disjoint part of the source
+(files where there are enough, records otherwise). Files are sorted before they are split, so
+every worker computes the same split; shuffling happens after the split, per worker.
+
+Bad images: TFRecord and folder sources decode images themselves. An image that cannot be read,
+parsed or decoded is skipped, never fatal (one broken JPEG among a million must not stop a
+pretraining run). `DecodeStats` counts what was skipped; see its docstring.
+"""
+
+import os
+
+from absl import logging
+import gin
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mtssl_tf.data import toy
+
+SOURCES = ("tfds", "tfrecord", "folder", "toy")
+# File name extensions of the folder source, compared lower-cased.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# How many TFRecord shards are read at once.
+_TFRECORD_CYCLE_LENGTH = 16
+
+
+class DecodeStats:
+  """Counts the images a pipeline tried to decode and those it decoded; the rest were skipped.
+
+  Pass one to `image_dataset(..., stats=stats)`. The dataset increments two int64
+  `tf.Variable`s: `attempted` in a map before reading and decoding an image, `decoded` in a map
+  after it, with `Dataset.ignore_errors` between them that drops every element whose reading,
+  parsing or decoding failed. So `skipped() == attempted() - decoded()`. This needs no
+  `py_function` (so the pipeline stays in C++ and scales with parallel decoding: variable
+  updates are atomic) and works in TF 2.15; the tests pin it down.
+
+  The counters are cumulative over every dataset built with this object and every epoch; use
+  `reset` to start again. They count elements as the pipeline produces them, so while a
+  prefetch buffer is filling `attempted` may run ahead of what the consumer has seen; after a
+  dataset is exhausted they are exact. In a multi-worker job each worker counts its own part.
+
+  Make it outside `strategy.scope()`: there `tf.Variable` makes a distributed variable with a
+  copy on every replica's device, which a host-side input pipeline should not be updating (on
+  CPU it happens to work, with GPUs or several workers it does not).
+  """
+
+  def __init__(self, name="images"):
+    """Creates zeroed counters.
+
+    Args:
+      name: what the counted images are, used in `log`'s message.
+
+    Raises:
+      RuntimeError: when called inside a `tf.distribute.Strategy` scope.
+    """
+    if tf.distribute.has_strategy():
+      raise RuntimeError(
+          "Create DecodeStats outside strategy.scope(): inside it tf.Variable makes a "
+          "distributed variable on the replicas' devices, which a host-side tf.data pipeline "
+          "must not update.")
+    self.name = name
+    # init_scope: the counters are eager host variables even if made while tracing a function.
+    with tf.init_scope():
+      self._attempted = tf.Variable(0, dtype=tf.int64, trainable=False, name="decode_attempted")
+      self._decoded = tf.Variable(0, dtype=tf.int64, trainable=False, name="decode_decoded")
+
+  def attempted(self):
+    """How many images the pipelines tried to read and decode."""
+    return int(self._attempted.read_value())
+
+  def decoded(self):
+    """How many images were decoded and passed on."""
+    return int(self._decoded.read_value())
+
+  def skipped(self):
+    """How many images were dropped because they could not be read, parsed or decoded."""
+    return self.attempted() - self.decoded()
+
+  def reset(self):
+    """Sets both counters to zero."""
+    self._attempted.assign(0)
+    self._decoded.assign(0)
+
+  def log(self):
+    """Logs the counts: a warning if any image was skipped, else an info line.
+
+    Returns:
+      The number of skipped images.
+    """
+    attempted, decoded = self.attempted(), self.decoded()
+    skipped = attempted - decoded
+    if skipped:
+      logging.warning("Skipped %d of %d %s that could not be read or decoded (%d decoded).",
+                      skipped, attempted, self.name, decoded)
+    else:
+      logging.info("Decoded all %d %s.", decoded, self.name)
+    return skipped
+
+  def _count_attempted(self, element):
+    self._attempted.assign_add(1)
+    return element
+
+  def _count_decoded(self, element):
+    self._decoded.assign_add(1)
+    return element
+
+  def __repr__(self):
+    return (f"DecodeStats(name={self.name!r}, attempted={self.attempted()}, "
+            f"decoded={self.decoded()}, skipped={self.skipped()})")
+
+
+def decode_image(encoded):
+  """Decodes a JPEG, PNG, GIF (first frame) or BMP image to RGB.
+
+  Args:
+    encoded: string Tensor [], the encoded file contents.
+
+  Returns:
+    uint8 Tensor [height, width, 3]; grayscale is replicated to 3 channels, alpha dropped.
+
+  Raises:
+    tf.errors.InvalidArgumentError: (when run) for data that is not a decodable image.
+  """
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def ensure_min_size(image, min_size):
+  """Upsamples an image whose shorter side is below `min_size`; larger images pass unchanged.
+
+  The rule for images too small for a task: rather than dropping them (which would bias the
+  data towards large images) or padding them (which would give relative position and exemplar
+  an artificial border to latch onto), scale them up, keeping the aspect ratio, until the
+  shorter side is exactly `min_size`; the longer side is rounded up. Each task calls this with
+  the smallest size its crops need, before cropping.
+
+  Args:
+    image: uint8 or float Tensor [height, width, channels] with height, width > 0.
+    min_size: Python int or int32 scalar Tensor, the smallest allowed shorter side.
+
+  Returns:
+    A Tensor of `image`'s dtype, [new_height, new_width, channels]: `image` itself if
+    min(height, width) >= min_size, else `image` resized bilinearly (integer dtypes rounded and
+    saturated back) so that min(new_height, new_width) == min_size.
+
+  Raises:
+    tf.errors.InvalidArgumentError: (when run) for an image with an empty side.
+  """
+  image = tf.convert_to_tensor(image)
+  min_size = tf.convert_to_tensor(min_size, tf.int32)
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  shorter = tf.minimum(height, width)
+  check = tf.debugging.assert_positive(
+      shorter, message="ensure_min_size: image has an empty side")
+
+  def upsample():
+    # Integer ceil(side * min_size / shorter): the shorter side lands exactly on min_size,
+    # where float arithmetic could overshoot it by one.
+    new_height = (height * min_size + shorter - 1) // shorter
+    new_width = (width * min_size + shorter - 1) // shorter
+    resized = tf.image.resize(image, tf.stack([new_height, new_width]), method="bilinear")
+    if image.dtype.is_integer:
+      return tf.saturate_cast(tf.round(resized), image.dtype)
+    return tf.cast(resized, image.dtype)
+
+  with tf.control_dependencies([check]):
+    return tf.cond(shorter < min_size, upsample, lambda: tf.identity(image))
+
+
+def _check_input_context(input_context):
+  if input_context is not None and not (
+      0 <= input_context.input_pipeline_id < input_context.num_input_pipelines):
+    raise ValueError(
+        f"input_pipeline_id {input_context.input_pipeline_id} is not in "
+        f"[0, {input_context.num_input_pipelines}).")
+
+
+def _shard_files(files, input_context):
+  """Splits the sorted file list between input pipelines where there are enough files.
+
+  Args:
+    files: sorted list of file paths.
+    input_context: a `tf.distribute.InputContext` or None.
+
+  Returns:
+    (files of this pipeline, whether records still need sharding).
+  """
+  if input_context is None or input_context.num_input_pipelines == 1:
+    return files, False
+  num, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+  if len(files) >= num:
+    return files[index::num], False
+  # Fewer files than pipelines: every pipeline reads all files and keeps every num-th record.
+  logging.warning("Only %d files for %d input pipelines: sharding by record, so every "
+                  "pipeline reads every file.", len(files), num)
+  return files, True
+
+
+def _decode_guarded(dataset, load_fn, stats):
+  """Maps `load_fn` over `dataset`, dropping (and counting) elements on which it fails.
+
+  Args:
+    dataset: a dataset of single tensors or dicts (not tuples), what `load_fn` takes.
+    load_fn: function element -> {"image", "source_id"}; may fail at run time.
+    stats: a `DecodeStats` or None.
+
+  Returns:
+    The dataset of successfully loaded elements.
+  """
+  if stats is not None:
+    dataset = dataset.map(stats._count_attempted)  # pylint: disable=protected-access
+  dataset = dataset.map(load_fn, num_parallel_calls=tf.data.AUTOTUNE)
+  # Errors raised by load_fn (unreadable file, bad record, undecodable bytes) drop the element;
+  # log_warning names the reason in the log, DecodeStats counts it.
+  dataset = dataset.ignore_errors(log_warning=True)
+  if stats is not None:
+    dataset = dataset.map(stats._count_decoded)  # pylint: disable=protected-access
+  return dataset
+
+
+def _to_rgb_uint8(image):
+  """Brings a TFDS image feature to uint8 [height, width, 3]."""
+  if image.dtype != tf.uint8:
+    image = tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
+  channels = image.shape[-1]
+  if channels == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  elif channels == 4:
+    image = image[..., :3]
+  elif channels != 3:
+    raise ValueError(f"TFDS image feature has {channels} channels; expected 1, 3 or 4.")
+  return image
+
+
+def _tfds_dataset(name, split, data_dir, manual_dir, image_key, input_context, shuffle_files,
+                  seed):
+  """The TFDS source; see `image_dataset`."""
+  builder = tfds.builder(name, data_dir=data_dir)
+  if manual_dir is not None:
+    # Prepares from files already on disk (ImageNet's tars); a no-op if already prepared.
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  features = builder.info.features
+  if image_key not in features:
+    raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r}; it has "
+                     f"{sorted(features.keys())}. Set image_key.")
+  read_config = tfds.ReadConfig(
+      input_context=input_context, shuffle_seed=seed, add_tfds_id=True)
+  dataset = builder.as_dataset(
+      split=split, shuffle_files=shuffle_files, read_config=read_config)
+
+  def select(example):
+    return {
+        "image": _to_rgb_uint8(example[image_key]),
+        "source_id": tf.strings.join([name, "/", example["tfds_id"]]),
+    }
+
+  return dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _tfrecord_dataset(pattern, image_key, input_context, shuffle_files, seed, stats):
+  """The TFRecord source; see `image_dataset`."""
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise ValueError(f"No TFRecord files match {pattern!r}.")
+  files, shard_records = _shard_files(files, input_context)
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if shuffle_files and not shard_records:
+    # After sharding: shard membership must not depend on a worker's shuffle.
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+  def read_file(path):
+    records = tf.data.TFRecordDataset(path).enumerate()
+    return records.map(lambda i, record: {  # pylint: disable=g-long-lambda
+        "source_id": tf.strings.join([path, ":", tf.strings.as_string(i)]),
+        "record": record,
+    })
+
+  dataset = dataset.interleave(
+      read_file, cycle_length=min(len(files), _TFRECORD_CYCLE_LENGTH),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if shard_records:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+  def load(element):
+    parsed = tf.io.parse_single_example(
+        element["record"], {image_key: tf.io.FixedLenFeature([], tf.string)})
+    return {"image": decode_image(parsed[image_key]), "source_id": element["source_id"]}
+
+  return _decode_guarded(dataset, load, stats)
+
+
+def list_image_files(folder):
+  """Finds the JPEG and PNG files under `folder`, recursively.
+
+  Args:
+    folder: a directory path (local or any filesystem tf.io.gfile knows).
+
+  Returns:
+    Sorted list of file paths whose extension is one of `IMAGE_EXTENSIONS` in any case.
+
+  Raises:
+    ValueError: if `folder` is not a directory.
+  """
+  if not tf.io.gfile.isdir(folder):
+    raise ValueError(f"Image folder {folder!r} does not exist or is not a directory.")
+  files = []
+  for directory, _, names in tf.io.gfile.walk(folder):
+    files.extend(
+        os.path.join(directory, n) for n in names
+        if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS)
+  return sorted(files)
+
+
+def _folder_dataset(folder, input_context, shuffle_files, seed, stats):
+  """The folder source; see `image_dataset`."""
+  files = list_image_files(folder)
+  if not files:
+    raise ValueError(f"No {'/'.join(IMAGE_EXTENSIONS)} files under {folder!r}.")
+  files, shard_records = _shard_files(files, input_context)
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if shard_records:
+    # Here a record is a file: the same split, made on the dataset.
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  if shuffle_files:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+  def load(path):
+    return {"image": decode_image(tf.io.read_file(path)), "source_id": path}
+
+  return _decode_guarded(dataset, load, stats)
+
+
+def _toy_dataset(num_toy_images, toy_size, seed, input_context):
+  """The toy source; see `image_dataset`."""
+  images = toy.make_toy_images(num_toy_images, toy_size, seed)
+  source_ids = [f"toy/{seed}/{i}" for i in range(num_toy_images)]
+  dataset = tf.data.Dataset.from_tensor_slices({"image": images, "source_id": source_ids})
+  if input_context is not None:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  return dataset
+
+
+@gin.configurable
+def image_dataset(source="toy",
+                  split="train",
+                  name="imagenet2012",
+                  data_dir=None,
+                  manual_dir=None,
+                  pattern=None,
+                  image_key="image",
+                  input_context=None,
+                  shuffle_files=True,
+                  seed=0,
+                  num_toy_images=64,
+                  toy_size=(160, 200),
+                  stats=None):
+  """The images of one source, unbatched, as dicts {"image", "source_id"}.
+
+  Args:
+    source: one of `SOURCES`:
+      "tfds": TFDS dataset `name`, split `split`, from `data_dir`. Its feature `image_key` is
+        the image; 1-channel images are replicated to 3, an alpha channel is dropped.
+      "tfrecord": TFRecord files matching the glob `pattern`, each record a `tf.train.Example`
+        with the encoded image (JPEG/PNG bytes) under feature `image_key`.
+      "folder": JPEG/PNG files (any case of .jpg/.jpeg/.png) under the directory `pattern`,
+        searched recursively.
+      "toy": `num_toy_images` generated images of size `toy_size` (see `toy.py`), in index
+        order.
+    split: TFDS split, e.g. "train" or "train[:10%]".
+    name: TFDS dataset name.
+    data_dir: TFDS data directory; None means TFDS's default (`TFDS_DATA_DIR` or
+      ~/tensorflow_datasets).
+    manual_dir: for TFDS datasets with manual downloads (ImageNet): where the downloaded
+      archives are. When given, the dataset is prepared from them if it is not yet; nothing is
+      downloaded for ImageNet.
+    pattern: file glob ("tfrecord") or directory ("folder").
+    image_key: name of the image feature ("tfds", "tfrecord").
+    input_context: `tf.distribute.InputContext` or None; with one, this pipeline reads only
+      its part of the source (TFDS shards its files itself).
+    shuffle_files: shuffle the order of files each epoch (records within a file keep their
+      order; shuffling examples is the caller's shuffle buffer's job). Ignored by "toy".
+    seed: seed of the file shuffle, and of the toy images.
+    num_toy_images: number of toy images.
+    toy_size: (height, width) of the toy images.
+    stats: a `DecodeStats` whose counters the "tfrecord" and "folder" sources update; ignored
+      by the others, whose images are decoded already.
+
+  Returns:
+    A `tf.data.Dataset` of {"image": uint8 [height, width, 3], "source_id": string []}.
+
+  Raises:
+    ValueError: for an unknown source, a missing `pattern`, no matching files, a missing image
+      feature or a bad input context.
+  """
+  _check_input_context(input_context)
+  if source in ("tfrecord", "folder") and not pattern:
+    raise ValueError(f"source={source!r} needs pattern (a glob for tfrecord, a directory for "
+                     "folder); gin: image_dataset.pattern.")
+  if source == "tfds":
+    return _tfds_dataset(name, split, data_dir, manual_dir, image_key, input_context,
+                         shuffle_files, seed)
+  if source == "tfrecord":
+    return _tfrecord_dataset(pattern, image_key, input_context, shuffle_files, seed, stats)
+  if source == "folder":
+    return _folder_dataset(pattern, input_context, shuffle_files, seed, stats)
+  if source == "toy":
+    return _toy_dataset(num_toy_images, tuple(toy_size), seed, input_context)
+  raise ValueError(f"Unknown image source {source!r}; choose one of {SOURCES}.")
