@@ -12,7 +12,6 @@ Tasks that build their input in the mean-subtracted space (relative position's c
 replaces channels by noise around zero) use `MEAN_RGB` from here too.
 """
 
-import numpy as np
 import tensorflow as tf
 
 # Per-channel mean of ImageNet in RGB order, on the 0-255 scale (slim's vgg_preprocessing).
@@ -79,8 +78,3 @@ def from_trunk_input(inputs):
   """Inverse of `to_trunk_input` for float inputs: adds the mean back (for visualisation)."""
   inputs = tf.convert_to_tensor(inputs)
   return inputs + tf.constant(MEAN_RGB, dtype=inputs.dtype)
-
-
-def mean_rgb_array():
-  """`MEAN_RGB` as a float32 numpy array of shape [3]."""
-  return np.asarray(MEAN_RGB, np.float32)

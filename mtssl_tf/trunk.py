@@ -251,9 +251,9 @@ class Trunk(tf.keras.layers.Layer):
     with MEAN aggregation so that replicas can update them in replica context.
     """
     if kwargs.get("reuse") is True:
-      for var in self.variables:
-        if var.name.split(":")[0] == name:
-          return var
+      existing = {v.name.split(":")[0]: v for v in self.variables}
+      if name in existing:
+        return existing[name]
     if name.endswith(("/moving_mean", "/moving_variance")):
       kwargs["aggregation"] = tf.VariableAggregation.MEAN
     return getter(name, *args, **kwargs)

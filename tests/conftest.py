@@ -5,7 +5,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _cpus = tf.config.list_physical_devices("CPU")
@@ -34,8 +33,3 @@ def save_tf1_checkpoint(values, prefix):
       sess.run(tf.compat.v1.global_variables_initializer())
       tf.compat.v1.train.Saver(tf_vars).save(sess, prefix, write_meta_graph=False)
   return prefix
-
-
-@pytest.fixture
-def rng():
-  return np.random.RandomState(0)

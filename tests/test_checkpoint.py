@@ -30,7 +30,7 @@ def slim_checkpoint(tmp_path_factory):
     inputs = images - tf.constant(input_convention.MEAN_RGB)
     # BN inference does not depend on updates_collections; trunk_arg_scope avoids the TF1 keras
     # layer path that the pinned stack cannot import.
-    with slim.arg_scope(trunk_arg_scope_for_slim()):
+    with slim.arg_scope(trunk_lib.trunk_arg_scope()):
       _, ends32 = resnet_v2.resnet_v2_101(inputs, num_classes=1001, is_training=False)
       _, ends16 = resnet_v2.resnet_v2_101(
           inputs, num_classes=1001, is_training=False, output_stride=16, reuse=True)
@@ -51,10 +51,6 @@ def slim_checkpoint(tmp_path_factory):
           [ends32["resnet_v2_101/block3"], ends16["resnet_v2_101/block3"]], {images: _IMAGES})
       saver.save(sess, prefix, write_meta_graph=False)
   return prefix, {32: ref32, 16: ref16}
-
-
-def trunk_arg_scope_for_slim():
-  return trunk_lib.trunk_arg_scope()
 
 
 @pytest.mark.parametrize("output_stride", [32, 16])
