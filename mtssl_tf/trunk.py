@@ -186,13 +186,16 @@ class Trunk(tf.keras.layers.Layer):
     return config
 
   @tf.compat.v1.keras.utils.track_tf1_style_variables
-  def call(self, inputs, training=False):
+  def call(self, inputs, training=False, output_stride=None):
     """Runs the trunk.
 
     Args:
       inputs: float Tensor [batch, height, width, 3] from `input_convention.to_trunk_input`.
       training: Python bool or bool Tensor; batch norm uses batch statistics and updates its
         moving averages only when True.
+      output_stride: overrides the layer's `output_stride` for this call (8, 16 or 32). The
+        variables are the same at every stride, so tasks that need different strides share
+        one trunk: colorization calls it at 8, relative position at 32.
 
     Returns:
       Dict of endpoint name -> Tensor (see the class docstring).
@@ -209,8 +212,11 @@ class Trunk(tf.keras.layers.Layer):
           "mtssl_tf.input_convention.to_trunk_input(images) first.")
     if training is None:
       training = False
+    if output_stride is None:
+      output_stride = self.output_stride
+    _check_output_stride(output_stride)
     # slim's stack_blocks_dense counts strides after the root block (stride 4).
-    block_stride = None if self.output_stride == 32 else self.output_stride // 4
+    block_stride = None if output_stride == 32 else output_stride // 4
     endpoints = {}
     prefix = self.scope + "/"
 

@@ -2,5 +2,6 @@
 
 from mtssl_tf.tasks import base
 from mtssl_tf.tasks import colorization
+from mtssl_tf.tasks import relative_position
 
-__all__ = ["base", "colorization"]
+__all__ = ["base", "colorization", "relative_position"]

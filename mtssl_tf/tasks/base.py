@@ -72,17 +72,51 @@ def registered():
 
 
 class Task(tf.Module):
-  """Base class: a head (owned) on a trunk (shared, passed in)."""
+  """Base class: a head (owned) on a trunk (shared, passed in).
+
+  Attributes:
+    name: the registered name; also the prefix of the task's feature keys and gin scope.
+    output_stride: the trunk output stride the task calls the shared trunk at.
+    trunk: the shared `Trunk`.
+    source_fn: None (the gin-configured `sources.image_dataset`) or a function
+      (input_context) -> unbatched dataset of {'image': uint8 [H, W, 3]}.
+    decode_stats: None or a `sources.DecodeStats` that counts the images the task's input
+      pipeline skipped; the training loop sets one (outside the strategy scope) and logs it.
+  """
 
   name = None
+  output_stride = 32
 
-  def __init__(self, trunk):
+  def __init__(self, trunk, source_fn=None):
     super().__init__(name=self.name)
     self.trunk = trunk
+    self.source_fn = source_fn
+    self.decode_stats = None
 
   def key(self, suffix):
     """A feature key owned by this task: '<task name>/<suffix>'."""
     return f"{self.name}/{suffix}"
+
+  @property
+  def head_variables(self):
+    """The task's own trainable variables (its head), without the shared trunk's.
+
+    Variables are made on the first `model_fn` call.
+    """
+    trunk_refs = {v.ref() for v in self.trunk.trainable_variables}
+    return [v for v in self.trainable_variables if v.ref() not in trunk_refs]
+
+  def images(self, input_context=None):
+    """The task's unbatched image source, sharded for `input_context`."""
+    if self.source_fn is not None:
+      return self.source_fn(input_context)
+    # Imported here: data.sources imports tensorflow_datasets, which tasks/base need not.
+    from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
+    return sources.image_dataset(input_context=input_context, stats=self.decode_stats)
+
+  def features(self, images, training):
+    """Runs the trunk at the task's output stride; returns its endpoints."""
+    return self.trunk(images, training=training, output_stride=self.output_stride)
 
   def input_fn(self, input_context=None):
     raise NotImplementedError

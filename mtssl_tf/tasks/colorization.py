@@ -110,12 +110,14 @@ def colorization_loss(logits, ab_target, has_color, class_weights, sigma=5.0, nu
 class Colorization(base.Task):
   """The colorization task: head and loss on the shared trunk at output stride 8."""
 
+  output_stride = TARGET_STRIDE
+
   def __init__(self, trunk, head_width=256, prior_path=None, batch_size=16, crop_size=224,
                source_fn=None):
     """Creates the head.
 
     Args:
-      trunk: the shared `Trunk`; must have output_stride 8.
+      trunk: the shared `Trunk`; this task calls it at output stride 8 whatever its own.
       head_width: channels of the head's hidden 3x3 conv.
       prior_path: .npy of the 313-bin color prior (tools/compute_color_prior.py); None means
         uniform, i.e. no rebalancing.
@@ -123,20 +125,12 @@ class Colorization(base.Task):
       crop_size: input crop side.
       source_fn: a function(input_context) -> unbatched dataset of {'image': uint8}; default
         `mtssl_tf.data.sources.image_dataset` (gin-configured).
-
-    Raises:
-      ValueError: if the trunk's output stride is not 8.
     """
-    super().__init__(trunk)
-    if trunk.output_stride != TARGET_STRIDE:
-      raise ValueError(f"Colorization predicts ab at stride {TARGET_STRIDE}; the trunk has "
-                       f"output_stride {trunk.output_stride}. Bind "
-                       "colorization/Trunk.output_stride = 8 in gin.")
+    super().__init__(trunk, source_fn=source_fn)
     prior = None if prior_path is None else np.load(prior_path)
     self.class_weights = color.rebalancing_weights(prior)
     self.batch_size = batch_size
     self.crop_size = crop_size
-    self.source_fn = source_fn
     self.head = tf.keras.Sequential([
         tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
         tf.keras.layers.ReLU(),
@@ -148,10 +142,7 @@ class Colorization(base.Task):
 
   def input_fn(self, input_context=None):
     """Batched (per replica) dataset of the task's features."""
-    if self.source_fn is None:
-      dataset = sources.image_dataset(input_context=input_context)
-    else:
-      dataset = self.source_fn(input_context)
+    dataset = self.images(input_context)
     batch = (input_context.get_per_replica_batch_size(self.batch_size)
              if input_context else self.batch_size)
     dataset = dataset.map(lambda ex: preprocess(ex, training=True, crop_size=self.crop_size),
@@ -160,7 +151,7 @@ class Colorization(base.Task):
 
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN
-    block3 = self.trunk(features["colorization/image"], training=training)["block3"]
+    block3 = self.features(features["colorization/image"], training)["block3"]
     logits = self.head(block3, training=training)
     probs = tf.nn.softmax(logits)
     predictions = {"colorization/ab": color.annealed_mean(probs)}

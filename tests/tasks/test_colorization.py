@@ -86,7 +86,7 @@ def test_grayscale_images_are_masked_out_of_the_loss():
 
 
 def test_model_fn_shapes_and_gradients():
-  trunk = trunk_lib.Trunk(depth=26, output_stride=8)
+  trunk = trunk_lib.Trunk(depth=26)
   task = base.get("colorization")(trunk, head_width=32, batch_size=2, crop_size=32)
   batch = [colorization.preprocess(_image(seed=s), crop_size=32) for s in range(2)]
   features = {k: tf.stack([b[k] for b in batch]) for k in batch[0]}
@@ -100,8 +100,19 @@ def test_model_fn_shapes_and_gradients():
   assert set(spec.metrics) == {"accuracy", "color_fraction"}
   predict = task.model_fn(features, base.Mode.PREDICT)
   assert predict.loss is None
-  with pytest.raises(ValueError, match="output_stride 32"):
-    colorization.Colorization(trunk_lib.Trunk(depth=26))
+
+
+def test_task_runs_the_shared_trunk_at_stride_8_whatever_its_default():
+  trunk = trunk_lib.Trunk(depth=26, output_stride=32)
+  task = colorization.Colorization(trunk, head_width=8, crop_size=32)
+  features = colorization.preprocess(_image(), crop_size=32)
+  features = {k: v[None] for k, v in features.items()}
+  spec = task.model_fn(features, base.Mode.PREDICT)
+  assert spec.predictions["colorization/ab"].shape == (1, 4, 4, 2)
+  # The same variables at stride 32: no new ones were made.
+  num_variables = len(trunk.variables)
+  assert trunk(features["colorization/image"])["block3"].shape == (1, 1, 1, 1024)
+  assert len(trunk.variables) == num_variables
 
 
 def test_input_fn_on_the_toy_source_per_replica_batches():
@@ -119,3 +130,16 @@ def test_input_fn_on_the_toy_source_per_replica_batches():
   assert features["colorization/has_color"].dtype == tf.bool
   spec = task.model_fn(features, base.Mode.EVAL)
   assert np.isfinite(spec.loss.numpy())
+
+
+def test_input_fn_on_mock_imagenet():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+    task = colorization.Colorization(
+        trunk_lib.Trunk(depth=26), batch_size=4, crop_size=32,
+        source_fn=lambda ctx: sources.image_dataset(
+            source="tfds", name="imagenet2012", split="train", input_context=ctx))
+    features = next(iter(task.input_fn()))
+  assert features["colorization/image"].shape == (4, 32, 32, 3)
+  assert features["colorization/ab_target"].shape == (4, 4, 4, 2)

@@ -1,0 +1,50 @@
+"""The gin files parse, bind what they say, and build their tasks."""
+
+import glob
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from mtssl_tf import input_convention
+from mtssl_tf import trunk as trunk_lib
+from mtssl_tf.bin import common
+from mtssl_tf.tasks import base
+from mtssl_tf.tasks import relative_position
+
+TASK_FILES = sorted(
+    os.path.basename(p)[:-len(".gin")]
+    for p in glob.glob(os.path.join(common.GIN_ROOT, "tasks", "*.gin")))
+# Files under gin/tasks/ that modify a task rather than define one.
+MODIFIERS = {"harmonized"}
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_every_task_has_a_gin_file():
+  assert set(base.registered()) <= set(TASK_FILES)
+
+
+@pytest.mark.parametrize("name", sorted(set(TASK_FILES) - MODIFIERS))
+def test_task_file_builds_its_task_with_its_bindings(name):
+  common.parse_gin(["trunk/demo.gin", f"tasks/{name}.gin"], [])
+  trunk = trunk_lib.Trunk()
+  assert trunk.depth == 26
+  task = base.get(name)(trunk)
+  assert task.batch_size == gin.query_parameter(f"{name}.batch_size")
+
+
+def test_harmonized_file_switches_relative_position_to_lightness():
+  common.parse_gin(["trunk/demo.gin", "tasks/relative_position.gin", "tasks/harmonized.gin"],
+                   ["relative_position.preprocess.gap = 8",
+                    "relative_position.preprocess.jitter = 3"])
+  image = np.random.RandomState(0).randint(0, 256, [80, 80, 3]).astype(np.uint8)
+  features = relative_position.preprocess({"image": image}, patch_size=16)
+  rgb = input_convention.from_trunk_input(features["relative_position/patches"]).numpy()
+  np.testing.assert_allclose(rgb[..., 0], rgb[..., 2], atol=1e-3)
