@@ -1,20 +1,33 @@
 """Benchmarks, printed as JSON lines, each against a peer measured in the same run.
 
-  python tools/benchmark.py                       # trunk: 96x96 and 224x224, batch 8
-  python tools/benchmark.py --sizes=224 --steps=3
+  python tools/benchmark.py                       # everything below
+  python tools/benchmark.py --benchmarks=trunk --sizes=224 --steps=3
+  python tools/benchmark.py --benchmarks=inputs --tasks=relative_position,exemplar
+
+"trunk":
 
 Trunk training step (forward, backward, RMSProp update) in images/s beside the same step for
 `tf.keras.applications.ResNet101V2(weights=None, include_top=False)` cut at `conv4_block23_out`
 (the same network up to block 3, written in Keras); and the trunk's achieved GFLOP/s beside the
 best conv/matmul throughput this script measures on the machine in the same run. Measurements of
 the trunk and its peer alternate in rounds and the median round is reported, so that a busy
-machine slows both alike. Not a test: nothing here asserts.
+machine slows both alike.
+
+"inputs": each pretext task's input pipeline (`task.input_fn`) in examples/s on 1 and on 2
+cores (tf.data's private thread pool), reading JPEGs of ImageNet's typical size (500x375) from
+a folder, beside the same task's whole training step (trunk + head + loss + RMSProp, at its
+default batch) in examples/s, measured in the same run. `input_over_step` above 1 means the
+input keeps up with training. The pipeline is measured a second time from decoded images held
+in memory, so that decoding and the task's own preprocessing can be told apart.
+
+Not a test: nothing here asserts.
 """
 
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -24,8 +37,17 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mtssl_tf import input_convention  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtssl_tf.data import toy  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtssl_tf.tasks import base  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
+flags.DEFINE_list("benchmarks", ["trunk", "inputs"], "Which benchmarks to run.")
+flags.DEFINE_list("tasks", ["relative_position", "colorization", "exemplar"],
+                  "Tasks whose input pipelines the 'inputs' benchmark measures.")
+flags.DEFINE_list("input_cores", ["1", "2"], "tf.data thread pool sizes to measure.")
+flags.DEFINE_float("input_seconds", 8.0, "Seconds of input pipeline timing per setting.")
+flags.DEFINE_integer("task_depth", 101, "Trunk depth of the task step in 'inputs'.")
 flags.DEFINE_list("sizes", ["96", "224"], "Square input sizes.")
 flags.DEFINE_integer("batch_size", 8, "Images per training step.")
 flags.DEFINE_integer("steps", 3, "Timed steps per round.")
@@ -99,10 +121,88 @@ def keras_peer(size):
   return tf.keras.Model(base.input, base.get_layer("conv4_block23_out").output)
 
 
+def write_jpegs(folder, count=128, size=(375, 500)):
+  """Toy images of ImageNet's typical size, JPEG-encoded as ImageNet's are."""
+  for i, image in enumerate(toy.make_toy_images(count, size, seed=0)):
+    tf.io.write_file(os.path.join(folder, f"{i:04d}.jpg"), tf.io.encode_jpeg(image, quality=90))
+
+
+def input_examples_per_s(dataset, batch_size, cores, seconds):
+  """Examples/s of a batched dataset restricted to `cores` threads."""
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = cores
+  options.threading.max_intra_op_parallelism = 1
+  iterator = iter(dataset.with_options(options))
+  for _ in range(2):  # warm up: autotuning, prefetch buffers
+    next(iterator)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    next(iterator)
+    count += batch_size
+  return count / (time.perf_counter() - start)
+
+
+def task_step_examples_per_s(task, features, steps):
+  """Examples/s of a task's whole training step on one fixed batch."""
+  spec = task.model_fn(features, base.Mode.TRAIN)  # makes the head's variables
+  variables = task.trunk.trainable_variables + task.head_variables
+  optimizer = tf.keras.optimizers.RMSprop(learning_rate=1e-4)
+  optimizer.build(variables)
+
+  @tf.function
+  def step(features):
+    with tf.GradientTape() as tape:
+      loss = task.model_fn(features, base.Mode.TRAIN).loss + task.trunk.regularization_loss()
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return loss
+
+  del spec
+  seconds = time_steps(step, features, steps)
+  return task.batch_size / seconds
+
+
+def benchmark_inputs():
+  folder = tempfile.mkdtemp(prefix="mtssl_benchmark_jpegs_")
+  write_jpegs(folder)
+  from_files = lambda ctx: sources.image_dataset(source="folder", pattern=folder,
+                                                 input_context=ctx)
+  decoded = lambda ctx: sources.image_dataset(source="folder", pattern=folder,
+                                              input_context=ctx).cache()
+  for name in FLAGS.tasks:
+    trunk = trunk_lib.Trunk(depth=FLAGS.task_depth)
+    task = base.get(name)(trunk, source_fn=from_files)
+    record = dict(benchmark="task_input", task=name, batch_size=task.batch_size,
+                  image_size=[375, 500], cpus=os.cpu_count())
+    for cores in map(int, FLAGS.input_cores):
+      record[f"input_examples_per_s_{cores}_cores"] = round(input_examples_per_s(
+          task.input_fn(), task.batch_size, cores, FLAGS.input_seconds), 1)
+      task.source_fn = decoded
+      record[f"input_examples_per_s_{cores}_cores_predecoded"] = round(input_examples_per_s(
+          task.input_fn(), task.batch_size, cores, FLAGS.input_seconds), 1)
+      task.source_fn = from_files
+    features = next(iter(task.input_fn()))
+    step = task_step_examples_per_s(task, features, FLAGS.steps)
+    record.update(depth=FLAGS.task_depth, step_examples_per_s=round(step, 2))
+    for cores in map(int, FLAGS.input_cores):
+      record[f"input_over_step_{cores}_cores"] = round(
+          record[f"input_examples_per_s_{cores}_cores"] / step, 2)
+    emit(**record)
+
+
 def main(argv):
   del argv
   emit(benchmark="machine", tensorflow=tf.__version__, cpus=os.cpu_count(),
        gpus=len(tf.config.list_physical_devices("GPU")))
+  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs"}
+  if unknown:
+    raise app.UsageError(f"--benchmarks: unknown {sorted(unknown)}; choose trunk, inputs.")
+  if "inputs" in FLAGS.benchmarks:
+    benchmark_inputs()
+  if "trunk" in FLAGS.benchmarks:
+    benchmark_trunk()
+
+
+def benchmark_trunk():
   peak = measure_peak()
   peak_gflops = max(peak.values())
   emit(benchmark="peak", **{f"{k}_gflops": round(v, 1) for k, v in peak.items()})

@@ -38,6 +38,8 @@ class Spec:
 
 
 _REGISTRY = {}
+# Examples held by each task's shuffle buffer (after preprocessing; see Task.pipeline).
+SHUFFLE_BUFFER = 256
 
 
 def register(name):
@@ -86,6 +88,7 @@ class Task(tf.Module):
 
   name = None
   output_stride = 32
+  batch_size = None
 
   def __init__(self, trunk, source_fn=None):
     super().__init__(name=self.name)
@@ -113,6 +116,34 @@ class Task(tf.Module):
     # Imported here: data.sources imports tensorflow_datasets, which tasks/base need not.
     from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
     return sources.image_dataset(input_context=input_context, stats=self.decode_stats)
+
+  def per_replica_batch(self, input_context):
+    """This replica's share of the task's global `batch_size`."""
+    if input_context is None:
+      return self.batch_size
+    return input_context.get_per_replica_batch_size(self.batch_size)
+
+  def pipeline(self, input_context, preprocess_fn, shuffle_buffer=SHUFFLE_BUFFER):
+    """The usual input pipeline: images, repeated, preprocessed, shuffled, batched per replica.
+
+    The source is repeated before preprocessing, so that epoch boundaries cost nothing and a
+    small source still fills every batch. Examples (not decoded images, which are larger) are
+    shuffled, because TFDS and TFRecord shards keep their records' order.
+
+    Args:
+      input_context: a `tf.distribute.InputContext` or None.
+      preprocess_fn: function example dict -> features dict of one example.
+      shuffle_buffer: examples in the shuffle buffer; 0 for none.
+
+    Returns:
+      A dataset of feature dicts with a leading axis of the per-replica batch size.
+    """
+    dataset = self.images(input_context).repeat()
+    dataset = dataset.map(preprocess_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle_buffer:
+      dataset = dataset.shuffle(shuffle_buffer)
+    dataset = dataset.batch(self.per_replica_batch(input_context), drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
   def features(self, images, training):
     """Runs the trunk at the task's output stride; returns its endpoints."""

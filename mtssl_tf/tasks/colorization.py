@@ -142,12 +142,8 @@ class Colorization(base.Task):
 
   def input_fn(self, input_context=None):
     """Batched (per replica) dataset of the task's features."""
-    dataset = self.images(input_context)
-    batch = (input_context.get_per_replica_batch_size(self.batch_size)
-             if input_context else self.batch_size)
-    dataset = dataset.map(lambda ex: preprocess(ex, training=True, crop_size=self.crop_size),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.repeat().batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return self.pipeline(
+        input_context, lambda ex: preprocess(ex, training=True, crop_size=self.crop_size))
 
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN

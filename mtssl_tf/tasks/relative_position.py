@@ -245,8 +245,6 @@ class RelativePosition(base.Task):
 
   def input_fn(self, input_context=None):
     """Batched (per replica) dataset of pairs and labels."""
-    batch = (input_context.get_per_replica_batch_size(self.batch_size)
-             if input_context else self.batch_size)
     pairs = self.pairs_per_image
 
     def make_pairs(example):
@@ -254,12 +252,16 @@ class RelativePosition(base.Task):
                for _ in range(pairs)]
       return {k: tf.stack([d[k] for d in drawn]) for k in drawn[0]}
 
-    dataset = self.images(input_context)
+    if pairs == 1:
+      return self.pipeline(
+          input_context, lambda ex: preprocess(ex, training=True, patch_size=self.patch_size))
+    # Several pairs per image: the pipeline's batch axis gathers an image's pairs, which are
+    # then split into examples and spread over batches by a second shuffle.
+    dataset = self.images(input_context).repeat()
     dataset = dataset.map(make_pairs, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    if pairs > 1:
-      # Spread one image's pairs over different batches and steps.
-      dataset = dataset.shuffle(16 * pairs)
-    return dataset.repeat().batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.shuffle(base.SHUFFLE_BUFFER)
+    dataset = dataset.batch(self.per_replica_batch(input_context), drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN
@@ -276,6 +278,7 @@ class RelativePosition(base.Task):
     pair = tf.reshape(per_patch, [-1, 2 * per_patch.shape[-1]])
     logits = self.pair_head(pair, training=training)
     predictions = {
+        "relative_position/logits": logits,
         "relative_position/probabilities": tf.nn.softmax(logits),
         "relative_position/label": tf.argmax(logits, -1, output_type=tf.int32),
     }
