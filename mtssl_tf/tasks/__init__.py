@@ -2,6 +2,7 @@
 
 from mtssl_tf.tasks import base
 from mtssl_tf.tasks import colorization
+from mtssl_tf.tasks import exemplar
 from mtssl_tf.tasks import relative_position
 
-__all__ = ["base", "colorization", "relative_position"]
+__all__ = ["base", "colorization", "exemplar", "relative_position"]

@@ -11,7 +11,7 @@ from mtssl_tf.tasks import base
 
 
 def test_registry_knows_the_image_tasks():
-  assert {"colorization", "relative_position"} <= set(base.registered())
+  assert set(base.registered()) == {"colorization", "exemplar", "relative_position"}
   assert base.get("colorization").output_stride == 8
   assert base.get("relative_position").output_stride == 32
   with pytest.raises(KeyError, match="registered tasks"):
