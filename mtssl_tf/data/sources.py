@@ -188,7 +188,7 @@ def _check_input_context(input_context):
         f"[0, {input_context.num_input_pipelines}).")
 
 
-def _shard_files(files, input_context):
+def shard_files(files, input_context):
   """Splits the sorted file list between input pipelines where there are enough files.
 
   Args:
@@ -209,7 +209,7 @@ def _shard_files(files, input_context):
   return files, True
 
 
-def _decode_guarded(dataset, load_fn, stats):
+def decode_guarded(dataset, load_fn, stats):
   """Maps `load_fn` over `dataset`, dropping (and counting) elements on which it fails.
 
   Args:
@@ -276,7 +276,7 @@ def _tfrecord_dataset(pattern, image_key, input_context, shuffle_files, seed, st
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
     raise ValueError(f"No TFRecord files match {pattern!r}.")
-  files, shard_records = _shard_files(files, input_context)
+  files, shard_records = shard_files(files, input_context)
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if shuffle_files and not shard_records:
     # After sharding: shard membership must not depend on a worker's shuffle.
@@ -300,7 +300,7 @@ def _tfrecord_dataset(pattern, image_key, input_context, shuffle_files, seed, st
         element["record"], {image_key: tf.io.FixedLenFeature([], tf.string)})
     return {"image": decode_image(parsed[image_key]), "source_id": element["source_id"]}
 
-  return _decode_guarded(dataset, load, stats)
+  return decode_guarded(dataset, load, stats)
 
 
 def list_image_files(folder):
@@ -330,7 +330,7 @@ def _folder_dataset(folder, input_context, shuffle_files, seed, stats):
   files = list_image_files(folder)
   if not files:
     raise ValueError(f"No {'/'.join(IMAGE_EXTENSIONS)} files under {folder!r}.")
-  files, shard_records = _shard_files(files, input_context)
+  files, shard_records = shard_files(files, input_context)
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if shard_records:
     # Here a record is a file: the same split, made on the dataset.
@@ -341,7 +341,7 @@ def _folder_dataset(folder, input_context, shuffle_files, seed, stats):
   def load(path):
     return {"image": decode_image(tf.io.read_file(path)), "source_id": path}
 
-  return _decode_guarded(dataset, load, stats)
+  return decode_guarded(dataset, load, stats)
 
 
 def _toy_dataset(num_toy_images, toy_size, seed, input_context):
