@@ -15,10 +15,16 @@ machine slows both alike.
 
 "inputs": each pretext task's input pipeline (`task.input_fn`) in examples/s on 1 and on 2
 cores (tf.data's private thread pool), reading JPEGs of ImageNet's typical size (500x375) from
-a folder, beside the same task's whole training step (trunk + head + loss + RMSProp, at its
+a folder (motion segmentation: TFRecords of 320x240 toy frames and masks, as
+tools/prepare_motion_segmentation.py writes them), beside the same task's whole training step (trunk + head + loss + RMSProp, at its
 default batch) in examples/s, measured in the same run. `input_over_step` above 1 means the
 input keeps up with training. The pipeline is measured a second time from decoded images held
 in memory, so that decoding and the task's own preprocessing can be told apart.
+
+"motion_labels": motion segmentation label extraction (`motion_labels.label_frame`, defaults:
+10 tracked steps, forward and backward DIS flow) in labelled frames/s in one process at
+320x240, beside the bare optical flow it is built on: the 20 flow fields one label needs,
+timed alone in the same run.
 
 Not a test: nothing here asserts.
 """
@@ -37,13 +43,15 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mtssl_tf import input_convention  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtssl_tf.data import motion_labels  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtssl_tf.data import motion_records  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.data import toy  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.tasks import base  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("benchmarks", ["trunk", "inputs"], "Which benchmarks to run.")
-flags.DEFINE_list("tasks", ["relative_position", "colorization", "exemplar"],
+flags.DEFINE_list("benchmarks", ["trunk", "inputs", "motion_labels"], "Which benchmarks to run.")
+flags.DEFINE_list("tasks", ["relative_position", "colorization", "exemplar", "motion_segmentation"],
                   "Tasks whose input pipelines the 'inputs' benchmark measures.")
 flags.DEFINE_list("input_cores", ["1", "2"], "tf.data thread pool sizes to measure.")
 flags.DEFINE_float("input_seconds", 8.0, "Seconds of input pipeline timing per setting.")
@@ -161,18 +169,44 @@ def task_step_examples_per_s(task, features, steps):
   return task.batch_size / seconds
 
 
+def write_motion_records(folder, clips=8, frames_per_clip=4):
+  """Toy 320x240 frames and masks in the format of tools/prepare_motion_segmentation.py."""
+  from mtssl_tf.data import toy_video  # pylint: disable=g-import-not-at-top
+  examples = toy_video.toy_motion_examples(num_clips=clips, frames_per_clip=frames_per_clip,
+                                           size=(240, 320), seed=0)
+  path = os.path.join(folder, "motion_seg-00000-of-00001.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    for i in range(len(examples["image"])):
+      writer.write(motion_records.make_example(
+          examples["image"][i], examples["mask"][i], str(examples["video_id"][i]),
+          int(examples["frame_index"][i])))
+  return path
+
+
 def benchmark_inputs():
-  folder = tempfile.mkdtemp(prefix="mtssl_benchmark_jpegs_")
+  folder = tempfile.mkdtemp(prefix="mtssl_benchmark_data_")
   write_jpegs(folder)
-  from_files = lambda ctx: sources.image_dataset(source="folder", pattern=folder,
-                                                 input_context=ctx)
-  decoded = lambda ctx: sources.image_dataset(source="folder", pattern=folder,
-                                              input_context=ctx).cache()
+  motion_path = write_motion_records(folder)
+  image_sources = {
+      False: lambda ctx: sources.image_dataset(source="folder", pattern=folder,
+                                               input_context=ctx),
+      True: lambda ctx: sources.image_dataset(source="folder", pattern=folder,
+                                              input_context=ctx).cache(),
+  }
+  motion_sources = {
+      False: lambda ctx: motion_records.motion_dataset(source="tfrecord", pattern=motion_path,
+                                                       input_context=ctx),
+      True: lambda ctx: motion_records.motion_dataset(source="tfrecord", pattern=motion_path,
+                                                      input_context=ctx).cache(),
+  }
   for name in FLAGS.tasks:
     trunk = trunk_lib.Trunk(depth=FLAGS.task_depth)
+    task_sources = motion_sources if name == "motion_segmentation" else image_sources
+    from_files, decoded = task_sources[False], task_sources[True]
     task = base.get(name)(trunk, source_fn=from_files)
     record = dict(benchmark="task_input", task=name, batch_size=task.batch_size,
-                  image_size=[375, 500], cpus=os.cpu_count())
+                  image_size=[240, 320] if name == "motion_segmentation" else [375, 500],
+                  cpus=os.cpu_count())
     for cores in map(int, FLAGS.input_cores):
       record[f"input_examples_per_s_{cores}_cores"] = round(input_examples_per_s(
           task.input_fn(), task.batch_size, cores, FLAGS.input_seconds), 1)
@@ -189,13 +223,54 @@ def benchmark_inputs():
     emit(**record)
 
 
+def benchmark_motion_labels():
+  from mtssl_tf.data import toy_video  # pylint: disable=g-import-not-at-top
+  config = motion_labels.LabelConfig()
+  clip = toy_video.make_clip(num_frames=config.track_length + 1, size=(240, 320), seed=0)
+  grays = [cv2_gray(f) for f in clip.frames]
+
+  def label():
+    motion_labels.label_frame(clip.frames, config)
+
+  def flows_only():
+    for k in range(config.track_length):
+      motion_labels.dense_flow(grays[k], grays[k + 1], config.flow_method)
+      motion_labels.dense_flow(grays[k + 1], grays[k], config.flow_method)
+
+  label_t, flow_t = [], []
+  for _ in range(FLAGS.rounds):
+    label_t.append(_seconds(label, FLAGS.steps))
+    flow_t.append(_seconds(flows_only, FLAGS.steps))
+  label_s, flow_s = statistics.median(label_t), statistics.median(flow_t)
+  emit(benchmark="motion_labels", size=[240, 320], track_length=config.track_length,
+       flow_method=config.flow_method, labelled_frames_per_s_per_process=round(1 / label_s, 2),
+       flow_only_frames_per_s=round(1 / flow_s, 2),
+       flow_share_of_label_time=round(flow_s / label_s, 3))
+
+
+def cv2_gray(frame):
+  import cv2  # pylint: disable=g-import-not-at-top
+  return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def _seconds(fn, repeats):
+  fn()  # warm up
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - start) / repeats
+
+
 def main(argv):
   del argv
   emit(benchmark="machine", tensorflow=tf.__version__, cpus=os.cpu_count(),
        gpus=len(tf.config.list_physical_devices("GPU")))
-  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs"}
+  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs", "motion_labels"}
   if unknown:
-    raise app.UsageError(f"--benchmarks: unknown {sorted(unknown)}; choose trunk, inputs.")
+    raise app.UsageError(f"--benchmarks: unknown {sorted(unknown)}; choose trunk, inputs, "
+                         "motion_labels.")
+  if "motion_labels" in FLAGS.benchmarks:
+    benchmark_motion_labels()
   if "inputs" in FLAGS.benchmarks:
     benchmark_inputs()
   if "trunk" in FLAGS.benchmarks:

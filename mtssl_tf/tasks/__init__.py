@@ -3,6 +3,7 @@
 from mtssl_tf.tasks import base
 from mtssl_tf.tasks import colorization
 from mtssl_tf.tasks import exemplar
+from mtssl_tf.tasks import motion_segmentation
 from mtssl_tf.tasks import relative_position
 
-__all__ = ["base", "colorization", "exemplar", "relative_position"]
+__all__ = ["base", "colorization", "exemplar", "motion_segmentation", "relative_position"]
