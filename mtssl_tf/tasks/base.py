@@ -84,6 +84,8 @@ class Task(tf.Module):
       (input_context) -> unbatched dataset of {'image': uint8 [H, W, 3]}.
     decode_stats: None or a `sources.DecodeStats` that counts the images the task's input
       pipeline skipped; the training loop sets one (outside the strategy scope) and logs it.
+    lasso: None (heads read block 3) or a `lasso.Lasso` with a row for this task (heads read
+      the row's combination of block 3's units); set by the training loop.
   """
 
   name = None
@@ -95,6 +97,7 @@ class Task(tf.Module):
     self.trunk = trunk
     self.source_fn = source_fn
     self.decode_stats = None
+    self.lasso = None
 
   def key(self, suffix):
     """A feature key owned by this task: '<task name>/<suffix>'."""
@@ -106,8 +109,10 @@ class Task(tf.Module):
 
     Variables are made on the first `model_fn` call.
     """
-    trunk_refs = {v.ref() for v in self.trunk.trainable_variables}
-    return [v for v in self.trainable_variables if v.ref() not in trunk_refs]
+    shared = {v.ref() for v in self.trunk.trainable_variables}
+    if self.lasso is not None:
+      shared |= {v.ref() for v in self.lasso.trainable_variables}
+    return [v for v in self.trainable_variables if v.ref() not in shared]
 
   def images(self, input_context=None):
     """The task's unbatched image source, sharded for `input_context`."""
@@ -148,6 +153,16 @@ class Task(tf.Module):
   def features(self, images, training):
     """Runs the trunk at the task's output stride; returns its endpoints."""
     return self.trunk(images, training=training, output_stride=self.output_stride)
+
+  def representation(self, images, training):
+    """What the head reads: block 3, or this task's lasso combination of block 3's units."""
+    endpoints = self.features(images, training)
+    if self.lasso is None:
+      return endpoints["block3"]
+    # Imported here: trunk imports slim, which the registry need not.
+    from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top
+    names = trunk_lib.unit_endpoint_names(self.trunk.depth)
+    return self.lasso.combine(self.name, [endpoints[n] for n in names])
 
   def input_fn(self, input_context=None):
     raise NotImplementedError

@@ -147,7 +147,7 @@ class Colorization(base.Task):
 
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN
-    block3 = self.features(features["colorization/image"], training)["block3"]
+    block3 = self.representation(features["colorization/image"], training)
     logits = self.head(block3, training=training)
     probs = tf.nn.softmax(logits)
     predictions = {"colorization/ab": color.annealed_mean(probs)}

@@ -364,7 +364,7 @@ class Exemplar(base.Task):
 
   def embed(self, images, training):
     """Trunk and head: float [N, S, S, 3] trunk input -> float32 [N, embedding_size]."""
-    block3 = self.features(images, training)["block3"]
+    block3 = self.representation(images, training)
     return tf.cast(self.head(block3, training=training), tf.float32)
 
   def model_fn(self, features, mode):

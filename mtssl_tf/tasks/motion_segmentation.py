@@ -172,7 +172,7 @@ class MotionSegmentation(base.Task):
 
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN
-    block3 = self.features(features["motion_segmentation/image"], training)["block3"]
+    block3 = self.representation(features["motion_segmentation/image"], training)
     logits = self.head(block3, training=training)
     predictions = {
         "motion_segmentation/logits": logits,

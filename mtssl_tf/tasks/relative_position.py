@@ -273,7 +273,7 @@ class RelativePosition(base.Task):
                        "features with this task's input_fn or preprocess(patch_size=...).")
     # Both patches of every pair in one trunk batch: [B, 2, S, S, 3] -> [2B, S, S, 3].
     flat = tf.reshape(patches, [-1, size, size, 3])
-    block3 = self.features(flat, training)["block3"]
+    block3 = self.representation(flat, training)
     per_patch = self.patch_head(block3, training=training)
     pair = tf.reshape(per_patch, [-1, 2 * per_patch.shape[-1]])
     logits = self.pair_head(pair, training=training)

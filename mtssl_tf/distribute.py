@@ -1,0 +1,91 @@
+"""Distribution conventions, in one place (../shared/STYLE.md habit 5).
+
+* The strategy comes from a name: "default" (one device: CPU or one GPU), "mirrored" (all local
+  GPUs, or the devices given), "multi_worker" (MultiWorkerMirroredStrategy from `TF_CONFIG`).
+* Each task's global batch is split over replicas by the `tf.distribute.InputContext` that
+  `distribute_datasets_from_function` passes to `input_fn` (`Task.per_replica_batch`).
+* A replica's loss is its per-replica mean divided by `num_replicas_in_sync` (`scale_loss`), so
+  that summing gradients over replicas, which the optimizers do, gives the gradient of the
+  global mean.
+* Only the chief writes checkpoints and summaries to the model directory; the other workers
+  write theirs (a collective save needs every worker) to a temporary directory that is deleted.
+"""
+
+import json
+import os
+import shutil
+
+from absl import logging
+import gin
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+@gin.configurable
+def make_strategy(name="default", devices=None):
+  """A `tf.distribute.Strategy` by name.
+
+  Args:
+    name: one of `STRATEGIES`.
+    devices: for "mirrored", the devices to mirror over (default: all local GPUs, or the CPU).
+
+  Returns:
+    The strategy.
+
+  Raises:
+    ValueError: for an unknown name, or "multi_worker" without a TF_CONFIG naming a cluster.
+  """
+  if name not in STRATEGIES:
+    raise ValueError(f"Unknown strategy {name!r}; choose one of {STRATEGIES} (flag --strategy "
+                     "or gin make_strategy.name).")
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy(devices=devices)
+  config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+  if "cluster" not in config or "task" not in config:
+    raise ValueError(
+        "strategy 'multi_worker' needs TF_CONFIG with a cluster and this worker's task, e.g. "
+        'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": '
+        '{"type": "worker", "index": 0}}\' (see WORKSPACE.md).')
+  return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def scale_loss(loss, strategy=None):
+  """A replica's loss divided by the number of replicas (summed gradients = global mean)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  return loss / tf.cast(strategy.num_replicas_in_sync, loss.dtype)
+
+
+def worker_info(strategy):
+  """(is_chief, worker index, number of workers) of this process."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True, 0, 1
+  task_type, task_id = resolver.task_type, resolver.task_id
+  num_workers = len(resolver.cluster_spec().as_dict().get("worker", [])) + len(
+      resolver.cluster_spec().as_dict().get("chief", []))
+  is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and
+                                      "chief" not in resolver.cluster_spec().as_dict())
+  index = task_id if task_type == "worker" else 0
+  return is_chief, index, max(num_workers, 1)
+
+
+def write_dir(model_dir, strategy):
+  """Where this worker writes: model_dir for the chief, a temporary directory for the others."""
+  is_chief, index, _ = worker_info(strategy)
+  if is_chief:
+    return model_dir
+  return os.path.join(model_dir, f".worker_tmp_{index}")
+
+
+def remove_worker_dir(model_dir, strategy):
+  """Deletes a non-chief worker's temporary directory (nothing to do on the chief)."""
+  path = write_dir(model_dir, strategy)
+  if path != model_dir and tf.io.gfile.exists(path):
+    try:
+      tf.io.gfile.rmtree(path)
+    except (OSError, tf.errors.OpError) as e:  # another run may share it; not fatal
+      logging.warning("Could not remove %s: %s", path, e)
+      shutil.rmtree(path, ignore_errors=True)
