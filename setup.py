@@ -26,6 +26,7 @@ setuptools.setup(
         "console_scripts": [
             "mtssl-export = mtssl_tf.bin.export:run",
             "mtssl-demo = mtssl_tf.bin.demo:run",
+            "mtssl-train = mtssl_tf.bin.train:run",
         ],
     },
 )

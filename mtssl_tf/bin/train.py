@@ -1,0 +1,61 @@
+"""mtssl-train: pretrains the shared trunk on one or more pretext tasks (paper sections 3-4).
+
+  mtssl-train --gin_file=experiments/rp_col_ex_ms.gin --model_dir=/runs/rp_col_ex_ms
+  mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --strategy=mirrored
+  TF_CONFIG=... mtssl-train --gin_file=... --model_dir=gs://... --strategy=multi_worker
+
+Everything else is gin (Trainer.*, run_training.*, <task>/TaskSettings.*). Running it again with
+the same --model_dir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves a checkpoint at
+the current step and exits with status 0. A NaN or Inf loss exits with status 1, naming the task
+and the step, and leaves the last checkpoint as it was.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+
+from mtssl_tf import training
+from mtssl_tf.bin import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "The run's directory: checkpoints, summaries, config.")
+flags.DEFINE_integer("num_steps", None, "Global steps to train to (overrides "
+                     "run_training.num_steps).")
+flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker"],
+                  "Distribution strategy (overrides run_training.strategy_name).")
+common.define_gin_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.model_dir:
+    raise app.UsageError("--model_dir is required.")
+  if not FLAGS.gin_file:
+    raise app.UsageError("--gin_file is required, e.g. --gin_file=experiments/rp.gin "
+                         "(files under gin/ are found by their relative path).")
+  common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  overrides = {}
+  if FLAGS.num_steps is not None:
+    overrides["num_steps"] = FLAGS.num_steps
+  if FLAGS.strategy is not None:
+    overrides["strategy_name"] = FLAGS.strategy
+  try:
+    trainer, summary = training.run_training(FLAGS.model_dir, **overrides)
+  except training.NonFiniteLoss as e:
+    logging.error("%s", e)
+    return 1
+  del trainer
+  logging.info("Finished at step %d %s; checkpoint %s%s.", summary["step"],
+               summary["task_steps"], summary["checkpoint"],
+               " (stopped by a signal)" if summary["stopped_by_signal"] else "")
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,540 @@
+"""The multi-task training loop (paper section 4): one shared trunk, one head per task, one task
+per step, per-task gradient accumulation and a separate RMSProp per task.
+
+Read it top to bottom in `Trainer.train`: pick the task (schedule), run its step (accumulate or
+apply), write summaries, checkpoint, repeat.
+
+Schedule. Each task has a weight (gin: `<task>/task_settings.weight`). At every step the task
+that runs is the one with the smallest (steps_done + 1) / weight, ties to the first in the
+list: a deterministic interleaving in which each task's share of steps converges to its weight's
+share. It depends only on the per-task step counters, which every worker holds identically (they
+are checkpointed), never on data or time, so all workers of a MultiWorkerMirroredStrategy run
+the same task at the same step.
+
+Accumulate or apply. Task n applies its gradients every `accumulation_steps` of its own steps,
+with its own optimizer (RMSProp: rho, momentum, epsilon, learning rate per task in gin), without
+waiting for other tasks: the paper's hybrid of per-task synchrony and cross-task independence.
+Between applies, each replica adds its gradient to the task's accumulators, `ON_READ`/`SUM`
+variables, one per trainable variable of the task: each replica keeps its own sum, no
+communication happens, and a checkpoint stores (and restores) their sum over replicas. At the
+apply step each replica passes accumulator + gradient, divided by `accumulation_steps`, to the
+optimizer, which sums over replicas (the all-reduce), and the accumulators are zeroed. Whether a
+step applies is decided from the task's step counter on the host, so it too is the same on every
+worker. The trunk's variables are shared by every task's optimizer (each has its own slots for
+them); head variables and the task's lasso row belong to that task alone. Weight decay is
+slim's (`Trunk.regularization_loss`), added to every task's loss.
+
+Compute accounting (paper section 6.1). Each task has a cost per step in device-seconds
+(`<task>/task_settings.cost_per_step`); the loop adds them up and checkpoints each time the
+total crosses the next multiple of `checkpoint_every_compute` (the paper's "every 2.4K GPU
+hours"), and also every `checkpoint_every_secs` of wall time. Checkpoints hold the step, the
+per-task counters (the schedule's position), the compute used, every optimizer's slots, every
+accumulator and the lasso. TensorFlow writes a checkpoint's files before the `checkpoint` index
+names it, so a run killed while saving restarts from the previous complete one. Restarting with
+the same model directory resumes; SIGTERM (and Ctrl-C) saves a checkpoint at the current step and
+stops. A NaN or Inf loss stops the run naming the task and the step, without saving.
+"""
+
+import collections
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import gin
+import numpy as np
+import tensorflow as tf
+
+from mtssl_tf import distribute
+from mtssl_tf import lasso as lasso_lib
+from mtssl_tf import trunk as trunk_lib
+from mtssl_tf.data import sources
+from mtssl_tf.tasks import base
+
+
+class NonFiniteLoss(RuntimeError):
+  """A task's loss became NaN or Inf."""
+
+
+@gin.configurable
+@dataclasses.dataclass
+class TaskSettings:
+  """How one task is trained; bind per task in its gin scope, e.g.
+  `relative_position/TaskSettings.weight = 2`.
+
+  Attributes:
+    weight: share of steps (relative to the other tasks' weights); > 0.
+    accumulation_steps: the task's steps whose gradients make one update.
+    cost_per_step: device-seconds one of its steps costs (compute accounting).
+    learning_rate: RMSProp learning rate at step 0 of the task's updates.
+    decay_rate, decay_steps: learning rate times decay_rate every decay_steps of the task's
+      updates (staircase); decay_rate 1 keeps it constant.
+    rho, momentum, epsilon: RMSProp's (epsilon inside the square root, as in TF1's RMSProp).
+  """
+  weight: float = 1.0
+  accumulation_steps: int = 1
+  cost_per_step: float = 1.0
+  learning_rate: float = 1e-3
+  decay_rate: float = 1.0
+  decay_steps: int = 10000
+  rho: float = 0.9
+  momentum: float = 0.9
+  epsilon: float = 1.0
+
+  def check(self, task):
+    problems = []
+    if self.weight < 0:
+      problems.append(f"weight {self.weight} < 0")
+    if self.accumulation_steps < 1:
+      problems.append(f"accumulation_steps {self.accumulation_steps} < 1")
+    if self.cost_per_step < 0:
+      problems.append(f"cost_per_step {self.cost_per_step} < 0")
+    if self.learning_rate <= 0:
+      problems.append(f"learning_rate {self.learning_rate} <= 0")
+    if problems:
+      raise ValueError(f"Bad settings for task {task!r} (gin: {task}/TaskSettings.*): " +
+                       "; ".join(problems) + ".")
+    return self
+
+
+def task_settings(task):
+  """The `TaskSettings` gin binds in the task's scope (`<task>/TaskSettings.*`)."""
+  with gin.config_scope(task):
+    return TaskSettings().check(task)
+
+
+def next_task(counts, weights):
+  """Index of the task that runs next: smallest (count + 1) / weight, ties to the first.
+
+  Args:
+    counts: steps each task has run.
+    weights: each task's weight (tasks of weight 0 never run).
+
+  Returns:
+    int.
+  """
+  best, best_key = None, math.inf
+  for i, (count, weight) in enumerate(zip(counts, weights)):
+    if weight <= 0:
+      continue
+    key = (count + 1) / weight
+    if key < best_key - 1e-12:
+      best, best_key = i, key
+  return best
+
+
+@contextlib.contextmanager
+def _quiet_retracing_warning():
+  """Hides TF's "frequent retracing" warning while the loop runs.
+
+  Each (task, accumulate-or-apply) pair has its own tf.function, all made by one Python
+  function, so TF's detector, which counts traces per Python code object, sees up to eight
+  traces and warns; each function is traced once, which is what we want.
+  """
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+
+  class Filter(std_logging.Filter):
+
+    def filter(self, record):
+      return "triggered tf.function retracing" not in record.getMessage()
+
+  tf_logger = tf.get_logger()
+  quiet = Filter()
+  tf_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    tf_logger.removeFilter(quiet)
+
+
+class _StopRequest:
+  """Turns SIGTERM and SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: signals cannot be caught here
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Signal %d: saving a checkpoint at the current step, then stopping.", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@gin.configurable
+class Trainer:
+  """Builds the model, optimizers, accumulators and checkpoint; `train` runs the loop."""
+
+  def __init__(self,
+               model_dir,
+               tasks=gin.REQUIRED,
+               strategy=None,
+               use_lasso=False,
+               checkpoint_every_compute=None,
+               checkpoint_every_secs=600.0,
+               max_checkpoints_to_keep=5,
+               summary_every_steps=20,
+               log_every_secs=10.0,
+               input_fns=None):
+    """Creates everything and restores the latest checkpoint of model_dir, if any.
+
+    Args:
+      model_dir: checkpoints, summaries and the operative config go here.
+      tasks: names of the registered tasks to train, e.g. ["relative_position",
+        "colorization"]; the order breaks ties in the schedule and orders the lasso's rows.
+      strategy: a `tf.distribute.Strategy`; default `distribute.make_strategy()` (gin).
+      use_lasso: give every task a lasso row over block 3's units (paper section 3.2).
+      checkpoint_every_compute: device-seconds of compute between checkpoints (e.g. 2.4K GPU
+        hours = 8.64e6); None for none.
+      checkpoint_every_secs: wall-clock seconds between checkpoints; None for none.
+      max_checkpoints_to_keep: older checkpoints are deleted.
+      summary_every_steps: TensorBoard scalars every this many steps (per task: its loss and
+        metrics at the step it ran).
+      log_every_secs: seconds between progress lines.
+      input_fns: optional {task: function(input_context) -> dataset} replacing `task.input_fn`
+        (tests feed fixed batches).
+
+    Raises:
+      ValueError: no tasks, an unknown or repeated task, every weight zero, bad settings.
+      KeyError: an unknown task name.
+    """
+    if tasks is gin.REQUIRED or not tasks:
+      raise ValueError("No tasks to train: bind Trainer.tasks, e.g. "
+                       "Trainer.tasks = ['relative_position', 'colorization'].")
+    if len(set(tasks)) != len(tasks):
+      raise ValueError(f"Trainer.tasks names a task twice: {tasks}.")
+    classes = {name: base.get(name) for name in tasks}  # KeyError names the known tasks
+    self.names = list(tasks)
+    self.settings = {name: task_settings(name) for name in self.names}
+    if not any(s.weight > 0 for s in self.settings.values()):
+      raise ValueError(f"Every task weight is zero ({self.names}): nothing would train. Bind "
+                       "<task>/TaskSettings.weight to a positive value.")
+    self.model_dir = model_dir
+    self.strategy = strategy or distribute.make_strategy()
+    self.is_chief, _, self.num_workers = distribute.worker_info(self.strategy)
+    self.write_dir = distribute.write_dir(model_dir, self.strategy)
+    self.checkpoint_every_compute = checkpoint_every_compute
+    self.checkpoint_every_secs = checkpoint_every_secs
+    self.summary_every_steps = summary_every_steps
+    self.log_every_secs = log_every_secs
+    tf.io.gfile.makedirs(self.write_dir)
+
+    # Input first: a missing dataset fails here, before any variable or step.
+    self.decode_stats = {name: sources.DecodeStats(f"{name} images") for name in self.names}
+    with self.strategy.scope():
+      self.trunk = trunk_lib.Trunk()
+      self.tasks = {}
+      for name in self.names:
+        with gin.config_scope(name):
+          self.tasks[name] = classes[name](self.trunk)
+        self.tasks[name].decode_stats = self.decode_stats[name]
+    self._input_fns = input_fns or {}
+    self.datasets = {name: self.strategy.distribute_datasets_from_function(self._input_fn(name))
+                     for name in self.names}
+
+    with self.strategy.scope():
+      self.lasso = None
+      if use_lasso:
+        self.lasso = lasso_lib.Lasso(self.names,
+                                     len(trunk_lib.unit_endpoint_names(self.trunk.depth)))
+        for task in self.tasks.values():
+          task.lasso = self.lasso
+      self._build_variables()
+      self.optimizers, self.accumulators, self.var_lists = {}, {}, {}
+      for name in self.names:
+        self._build_task_state(name)
+      self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+      self.task_steps = {n: tf.Variable(0, dtype=tf.int64, trainable=False, name=f"steps_{n}")
+                         for n in self.names}
+      self.compute_used = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                      name="compute_used")
+    self.checkpoint = tf.train.Checkpoint(
+        trunk=self.trunk, heads={n: t for n, t in self.tasks.items()},
+        optimizers=self.optimizers, accumulators=self.accumulators,
+        global_step=self.global_step, task_steps=self.task_steps,
+        compute_used=self.compute_used, lasso=self.lasso or tf.Module())
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir,
+                                              max_to_keep=max_checkpoints_to_keep)
+    # Every worker restores the chief's latest checkpoint (the others write theirs elsewhere).
+    self.restored_from = tf.train.latest_checkpoint(model_dir)
+    if self.restored_from:
+      self.checkpoint.restore(self.restored_from).assert_existing_objects_matched()
+      logging.info("Resumed from %s at step %d.", self.restored_from, int(self.global_step))
+    self._iterators = {name: iter(ds) for name, ds in self.datasets.items()}
+    self._steps = {}
+    self._writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+                    if self.is_chief else tf.summary.create_noop_writer())
+    self._wrote_config = False
+
+  # --- building ---------------------------------------------------------------------------
+
+  def _input_fn(self, name):
+    return self._input_fns.get(name, self.tasks[name].input_fn)
+
+  def _build_variables(self):
+    """Creates the trunk's and heads' variables with one inference pass per task."""
+    for name in self.names:
+      spec = self._input_fn(name)(tf.distribute.InputContext()).element_spec
+      dummy = tf.nest.map_structure(
+          lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
+      self.tasks[name].model_fn(dummy, base.Mode.PREDICT)
+
+  def _build_task_state(self, name):
+    task, settings = self.tasks[name], self.settings[name]
+    variables = list(self.trunk.trainable_variables) + task.head_variables
+    if self.lasso is not None:
+      variables.append(self.lasso.row(name))
+    self.var_lists[name] = variables
+    schedule = tf.keras.optimizers.schedules.ExponentialDecay(
+        settings.learning_rate, settings.decay_steps, settings.decay_rate, staircase=True)
+    optimizer = tf.keras.optimizers.RMSprop(
+        learning_rate=schedule, rho=settings.rho, momentum=settings.momentum,
+        epsilon=settings.epsilon, name=f"rmsprop_{name}")
+    # Slots up front: every worker must create the same variables in the same order, and the
+    # checkpoint must hold them before the first apply.
+    optimizer.build(variables)
+    self.optimizers[name] = optimizer
+    if settings.accumulation_steps > 1:
+      self.accumulators[name] = [
+          tf.Variable(tf.zeros_like(v), trainable=False, name=f"accum_{name}_{i}",
+                      synchronization=tf.VariableSynchronization.ON_READ,
+                      aggregation=tf.VariableAggregation.SUM)
+          for i, v in enumerate(variables)]
+    else:
+      self.accumulators[name] = []
+
+  def _step_fn(self, name, apply):
+    """The tf.function running one step of task `name`, accumulating or applying (`apply`).
+
+    One function per (task, apply): the choice is made on the host from counters, so each
+    function traces once and no `tf.cond` has to hold the optimizer's cross-replica update.
+    """
+    if (name, apply) in self._steps:
+      return self._steps[(name, apply)]
+    task, optimizer = self.tasks[name], self.optimizers[name]
+    variables, accumulators = self.var_lists[name], self.accumulators[name]
+    settings = self.settings[name]
+    strategy = self.strategy
+
+    def replica_step(features, apply):
+      with tf.GradientTape() as tape:
+        spec = task.model_fn(features, base.Mode.TRAIN)
+        loss = spec.loss + self.trunk.regularization_loss()
+        if self.lasso is not None:
+          loss += self.lasso.penalty(name)
+        scaled = distribute.scale_loss(loss, strategy)
+      grads = tape.gradient(scaled, variables)
+      grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+      if apply:
+        if accumulators:
+          k = float(settings.accumulation_steps)
+          grads = [(a.read_value() + g) / k for a, g in zip(accumulators, grads)]
+        optimizer.apply_gradients(zip(grads, variables))
+        for a in accumulators:
+          a.assign(tf.zeros_like(a))
+        if self.lasso is not None:
+          self.lasso.project(name)
+      else:
+        for a, g in zip(accumulators, grads):
+          a.assign_add(g)
+      return spec.loss, spec.metrics
+
+    @tf.function
+    def step(iterator):
+      features = next(iterator)
+      loss, metrics = strategy.run(replica_step, args=(features, apply))
+      mean = lambda x: strategy.reduce(tf.distribute.ReduceOp.MEAN, x, axis=None)
+      return mean(loss), {k: mean(v) for k, v in metrics.items()}
+
+    self._steps[(name, apply)] = step
+    return step
+
+  # --- the loop ---------------------------------------------------------------------------
+
+  def _agree(self, *flags):
+    """Per-worker booleans -> whether any worker set each (one all-reduce; workers agree)."""
+    if self.num_workers <= 1:
+      return flags
+    values = tf.constant([1.0 if f else 0.0 for f in flags])
+    # Every replica contributes its worker's flags; a sum above 0 means some worker set one.
+    reduced = self.strategy.reduce(
+        tf.distribute.ReduceOp.SUM,
+        self.strategy.experimental_distribute_values_from_function(lambda ctx: values),
+        axis=None)
+    return tuple(bool(v > 0) for v in reduced.numpy())
+
+  def save(self):
+    path = self.manager.save(checkpoint_number=int(self.global_step))
+    logging.info("Saved %s (step %d, compute %.4g device-s).", path, int(self.global_step),
+                 float(self.compute_used))
+    return path
+
+  def train(self, num_steps=None, max_compute=None):
+    """Runs until num_steps or max_compute is reached (or a stop signal); returns a summary.
+
+    Args:
+      num_steps: the global step to stop at (counting every task's steps); None for no limit.
+      max_compute: stop once the compute used (device-seconds, see `TaskSettings`) reaches
+        this, e.g. the paper's 16.8K GPU hours = 6.048e7; None for no limit.
+
+    Returns:
+      dict: {"step", "task_steps", "last_loss": {task: loss}, "stopped_by_signal": bool,
+      "checkpoint": latest path, "first_mean_loss" and "last_mean_loss": {task: mean loss of
+      its first and last 20 steps in this run}}.
+
+    Raises:
+      NonFiniteLoss: a task's loss became NaN or Inf (no checkpoint is written).
+    """
+    if num_steps is None and max_compute is None:
+      raise ValueError("Give num_steps or max_compute (gin: run_training.num_steps or "
+                       "run_training.max_compute), or training never ends.")
+    num_steps = math.inf if num_steps is None else num_steps
+    max_compute = math.inf if max_compute is None else max_compute
+    weights = [self.settings[n].weight for n in self.names]
+    counts = [int(self.task_steps[n]) for n in self.names]
+    step = int(self.global_step)
+    start_step, start_time = step, time.time()
+    last_save_time, last_log = time.time(), 0.0
+    every = self.checkpoint_every_compute
+    next_compute = (math.floor(float(self.compute_used) / every) + 1) * every if every else None
+    last_loss, recent = {}, {}
+    # Mean loss of each task's first and last `window` steps of this run: is it going down?
+    window = 20
+    first = {n: [] for n in self.names}
+    latest = {n: collections.deque(maxlen=window) for n in self.names}
+    stopped = False
+    with _StopRequest() as stop, self._writer.as_default(), _quiet_retracing_warning():
+      while step < num_steps and float(self.compute_used) < max_compute:
+        index = next_task(counts, weights)
+        name = self.names[index]
+        counts[index] += 1
+        apply = counts[index] % self.settings[name].accumulation_steps == 0
+        loss, metrics = self._step_fn(name, apply)(self._iterators[name])
+        loss_value = float(loss)
+        if not np.isfinite(loss_value):
+          raise NonFiniteLoss(
+              f"Task {name!r} has a non-finite loss ({loss_value}) at global step {step + 1} "
+              f"(its step {counts[index]}). Stopping without saving: the last checkpoint "
+              f"({self.manager.latest_checkpoint}) is untouched. Lower "
+              f"{name}/TaskSettings.learning_rate, or check its input.")
+        step += 1
+        self.global_step.assign(step)
+        self.task_steps[name].assign(counts[index])
+        self.compute_used.assign_add(self.settings[name].cost_per_step)
+        last_loss[name] = loss_value
+        if len(first[name]) < window:
+          first[name].append(loss_value)
+        latest[name].append(loss_value)
+        recent.setdefault(name, []).append(loss_value)
+        if step % self.summary_every_steps == 0 or step == num_steps:
+          self._write_summaries(name, loss_value, metrics, step, start_step, start_time)
+        if not self._wrote_config:
+          self._write_operative_config()
+        now = time.time()
+        due_compute = next_compute is not None and float(self.compute_used) >= next_compute
+        due_time = (self.checkpoint_every_secs is not None and
+                    now - last_save_time >= self.checkpoint_every_secs)
+        due_time, stop_now = self._agree(due_time, stop.requested)
+        if due_compute or due_time or stop_now:
+          self.save()
+          last_save_time = time.time()
+          if due_compute:
+            next_compute = (math.floor(float(self.compute_used) / every) + 1) * every
+        if now - last_log >= self.log_every_secs or step == num_steps:
+          last_log = now
+          self._log_progress(step, num_steps, counts, start_step, start_time, recent,
+                             max_compute)
+          recent = {}
+        if stop_now:
+          stopped = True
+          break
+    if not stopped and self.manager.latest_checkpoint != self._checkpoint_path(step):
+      self.save()
+    self._writer.flush()
+    for stats in self.decode_stats.values():
+      if stats.attempted():
+        stats.log()
+    checkpoint = self.manager.latest_checkpoint
+    if not self.is_chief:
+      distribute.remove_worker_dir(self.model_dir, self.strategy)
+    return {"step": step, "task_steps": dict(zip(self.names, counts)), "last_loss": last_loss,
+            "first_mean_loss": {n: float(np.mean(v)) for n, v in first.items() if v},
+            "last_mean_loss": {n: float(np.mean(v)) for n, v in latest.items() if v},
+            "stopped_by_signal": stopped, "checkpoint": checkpoint}
+
+  def _checkpoint_path(self, step):
+    return os.path.join(self.write_dir, f"ckpt-{step}")
+
+  def _write_summaries(self, name, loss, metrics, step, start_step, start_time):
+    tf.summary.scalar(f"{name}/loss", loss, step=step)
+    for key, value in metrics.items():
+      tf.summary.scalar(f"{name}/{key}", value, step=step)
+    optimizer = self.optimizers[name]
+    # With a schedule, the property is the rate at the optimizer's current update count.
+    tf.summary.scalar(f"{name}/learning_rate", optimizer.learning_rate, step=step)
+    tf.summary.scalar("steps_per_sec",
+                      (step - start_step) / max(time.time() - start_time, 1e-9), step=step)
+    tf.summary.scalar("compute_used", float(self.compute_used), step=step)
+    if self.lasso is not None:
+      tf.summary.image("lasso/alpha", self.lasso.image(), step=step)
+
+  def _write_operative_config(self):
+    self._wrote_config = True
+    if not self.is_chief:
+      return
+    config = gin.operative_config_str()
+    path = os.path.join(self.model_dir, "operative_config.gin")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(config)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    tf.summary.text("operative_config", config, step=int(self.global_step))
+
+  def _log_progress(self, step, num_steps, counts, start_step, start_time, recent,
+                    max_compute=math.inf):
+    elapsed = max(time.time() - start_time, 1e-9)
+    rate = (step - start_step) / elapsed
+    remaining = num_steps - step
+    if math.isinf(remaining) and step > start_step:
+      # Steps left until the compute budget, at the compute per step seen so far.
+      per_step = float(self.compute_used) / max(step, 1)
+      remaining = (max_compute - float(self.compute_used)) / max(per_step, 1e-12)
+    eta = remaining / rate if rate > 0 else float("inf")
+    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
+    per_task = ", ".join(f"{n} {c}" for n, c in zip(self.names, counts))
+    losses = ", ".join(f"{n} {np.mean(v):.4g}" for n, v in recent.items())
+    logging.info("step %d/%s (%s), %.2f steps/s, ETA %s, compute %.4g device-s; mean loss "
+                 "since last line: %s", step, num_steps, per_task, rate, eta_text,
+                 float(self.compute_used), losses)
+
+
+@gin.configurable
+def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="default"):
+  """Builds a `Trainer` (gin-configured) in model_dir and trains; the `mtssl-train` job.
+
+  Args:
+    model_dir: the run's directory (resumes from its latest checkpoint).
+    num_steps: global steps to stop at.
+    max_compute: device-seconds of compute to stop at.
+    strategy_name: "default", "mirrored" or "multi_worker" (`distribute.make_strategy`).
+
+  Returns:
+    (the `Trainer`, the summary dict of `Trainer.train`).
+  """
+  strategy = distribute.make_strategy(strategy_name)
+  trainer = Trainer(model_dir, strategy=strategy)
+  return trainer, trainer.train(num_steps=num_steps, max_compute=max_compute)
