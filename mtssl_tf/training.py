@@ -32,7 +32,8 @@ per-task counters (the schedule's position), the compute used, every optimizer's
 accumulator and the lasso. TensorFlow writes a checkpoint's files before the `checkpoint` index
 names it, so a run killed while saving restarts from the previous complete one. Restarting with
 the same model directory resumes; SIGTERM (and Ctrl-C) saves a checkpoint at the current step and
-stops. A NaN or Inf loss stops the run naming the task and the step, without saving.
+stops. A NaN or Inf in a loss or a gradient stops the run naming the task and the step,
+without saving.
 """
 
 import collections
@@ -273,7 +274,7 @@ class Trainer:
     self.restored_from = tf.train.latest_checkpoint(model_dir)
     if self.restored_from:
       self.checkpoint.restore(self.restored_from).assert_existing_objects_matched()
-      logging.info("Resumed from %s at step %d.", self.restored_from, int(self.global_step))
+      logging.info("Resumed from %s at step %d.", self.restored_from, int(self.global_step.numpy()))
     self._iterators = {name: iter(ds) for name, ds in self.datasets.items()}
     self._steps = {}
     self._writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
@@ -339,6 +340,9 @@ class Trainer:
         scaled = distribute.scale_loss(loss, strategy)
       grads = tape.gradient(scaled, variables)
       grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+      # A NaN can hide from the loss (ReLU maps NaN to 0 on CPU) but not from the gradients.
+      nonfinite = 1.0 - tf.cast(
+          tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]), tf.float32)
       if apply:
         if accumulators:
           k = float(settings.accumulation_steps)
@@ -351,14 +355,16 @@ class Trainer:
       else:
         for a, g in zip(accumulators, grads):
           a.assign_add(g)
-      return spec.loss, spec.metrics
+      return spec.loss, nonfinite, spec.metrics
 
     @tf.function
     def step(iterator):
       features = next(iterator)
-      loss, metrics = strategy.run(replica_step, args=(features, apply))
+      loss, nonfinite, metrics = strategy.run(replica_step, args=(features, apply))
       mean = lambda x: strategy.reduce(tf.distribute.ReduceOp.MEAN, x, axis=None)
-      return mean(loss), {k: mean(v) for k, v in metrics.items()}
+      # Replicas whose gradients hold a NaN or Inf (0: none).
+      nonfinite = strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None)
+      return mean(loss), nonfinite, {k: mean(v) for k, v in metrics.items()}
 
     self._steps[(name, apply)] = step
     return step
@@ -378,9 +384,9 @@ class Trainer:
     return tuple(bool(v > 0) for v in reduced.numpy())
 
   def save(self):
-    path = self.manager.save(checkpoint_number=int(self.global_step))
-    logging.info("Saved %s (step %d, compute %.4g device-s).", path, int(self.global_step),
-                 float(self.compute_used))
+    path = self.manager.save(checkpoint_number=int(self.global_step.numpy()))
+    logging.info("Saved %s (step %d, compute %.4g device-s).", path, int(self.global_step.numpy()),
+                 float(self.compute_used.numpy()))
     return path
 
   def train(self, num_steps=None, max_compute=None):
@@ -405,12 +411,12 @@ class Trainer:
     num_steps = math.inf if num_steps is None else num_steps
     max_compute = math.inf if max_compute is None else max_compute
     weights = [self.settings[n].weight for n in self.names]
-    counts = [int(self.task_steps[n]) for n in self.names]
-    step = int(self.global_step)
+    counts = [int(self.task_steps[n].numpy()) for n in self.names]
+    step = int(self.global_step.numpy())
     start_step, start_time = step, time.time()
     last_save_time, last_log = time.time(), 0.0
     every = self.checkpoint_every_compute
-    next_compute = (math.floor(float(self.compute_used) / every) + 1) * every if every else None
+    next_compute = (math.floor(float(self.compute_used.numpy()) / every) + 1) * every if every else None
     last_loss, recent = {}, {}
     # Mean loss of each task's first and last `window` steps of this run: is it going down?
     window = 20
@@ -418,16 +424,17 @@ class Trainer:
     latest = {n: collections.deque(maxlen=window) for n in self.names}
     stopped = False
     with _StopRequest() as stop, self._writer.as_default(), _quiet_retracing_warning():
-      while step < num_steps and float(self.compute_used) < max_compute:
+      while step < num_steps and float(self.compute_used.numpy()) < max_compute:
         index = next_task(counts, weights)
         name = self.names[index]
         counts[index] += 1
         apply = counts[index] % self.settings[name].accumulation_steps == 0
-        loss, metrics = self._step_fn(name, apply)(self._iterators[name])
+        loss, nonfinite, metrics = self._step_fn(name, apply)(self._iterators[name])
         loss_value = float(loss)
-        if not np.isfinite(loss_value):
+        if not np.isfinite(loss_value) or float(nonfinite) > 0:
           raise NonFiniteLoss(
-              f"Task {name!r} has a non-finite loss ({loss_value}) at global step {step + 1} "
+              f"Task {name!r} has a non-finite loss ({loss_value}) or gradient (on "
+              f"{int(float(nonfinite))} replicas) at global step {step + 1} "
               f"(its step {counts[index]}). Stopping without saving: the last checkpoint "
               f"({self.manager.latest_checkpoint}) is untouched. Lower "
               f"{name}/TaskSettings.learning_rate, or check its input.")
@@ -445,7 +452,7 @@ class Trainer:
         if not self._wrote_config:
           self._write_operative_config()
         now = time.time()
-        due_compute = next_compute is not None and float(self.compute_used) >= next_compute
+        due_compute = next_compute is not None and float(self.compute_used.numpy()) >= next_compute
         due_time = (self.checkpoint_every_secs is not None and
                     now - last_save_time >= self.checkpoint_every_secs)
         due_time, stop_now = self._agree(due_time, stop.requested)
@@ -453,7 +460,7 @@ class Trainer:
           self.save()
           last_save_time = time.time()
           if due_compute:
-            next_compute = (math.floor(float(self.compute_used) / every) + 1) * every
+            next_compute = (math.floor(float(self.compute_used.numpy()) / every) + 1) * every
         if now - last_log >= self.log_every_secs or step == num_steps:
           last_log = now
           self._log_progress(step, num_steps, counts, start_step, start_time, recent,
@@ -488,7 +495,7 @@ class Trainer:
     tf.summary.scalar(f"{name}/learning_rate", optimizer.learning_rate, step=step)
     tf.summary.scalar("steps_per_sec",
                       (step - start_step) / max(time.time() - start_time, 1e-9), step=step)
-    tf.summary.scalar("compute_used", float(self.compute_used), step=step)
+    tf.summary.scalar("compute_used", float(self.compute_used.numpy()), step=step)
     if self.lasso is not None:
       tf.summary.image("lasso/alpha", self.lasso.image(), step=step)
 
@@ -502,7 +509,7 @@ class Trainer:
     with tf.io.gfile.GFile(tmp, "w") as f:
       f.write(config)
     tf.io.gfile.rename(tmp, path, overwrite=True)
-    tf.summary.text("operative_config", config, step=int(self.global_step))
+    tf.summary.text("operative_config", config, step=int(self.global_step.numpy()))
 
   def _log_progress(self, step, num_steps, counts, start_step, start_time, recent,
                     max_compute=math.inf):
@@ -511,15 +518,15 @@ class Trainer:
     remaining = num_steps - step
     if math.isinf(remaining) and step > start_step:
       # Steps left until the compute budget, at the compute per step seen so far.
-      per_step = float(self.compute_used) / max(step, 1)
-      remaining = (max_compute - float(self.compute_used)) / max(per_step, 1e-12)
+      per_step = float(self.compute_used.numpy()) / max(step, 1)
+      remaining = (max_compute - float(self.compute_used.numpy())) / max(per_step, 1e-12)
     eta = remaining / rate if rate > 0 else float("inf")
     eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
     per_task = ", ".join(f"{n} {c}" for n, c in zip(self.names, counts))
     losses = ", ".join(f"{n} {np.mean(v):.4g}" for n, v in recent.items())
     logging.info("step %d/%s (%s), %.2f steps/s, ETA %s, compute %.4g device-s; mean loss "
                  "since last line: %s", step, num_steps, per_task, rate, eta_text,
-                 float(self.compute_used), losses)
+                 float(self.compute_used.numpy()), losses)
 
 
 @gin.configurable

@@ -6,7 +6,7 @@
 
 Everything else is gin (Trainer.*, run_training.*, <task>/TaskSettings.*). Running it again with
 the same --model_dir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves a checkpoint at
-the current step and exits with status 0. A NaN or Inf loss exits with status 1, naming the task
+the current step and exits with status 0. A NaN or Inf loss or gradient exits with status 1, naming the task
 and the step, and leaves the last checkpoint as it was.
 """
 
