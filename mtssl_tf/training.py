@@ -383,19 +383,32 @@ class Trainer:
         axis=None)
     return tuple(bool(v > 0) for v in reduced.numpy())
 
+  def _sync_counters(self, step, counts, compute):
+    """Writes the host's counters into the checkpointed variables.
+
+    The loop keeps the step, the per-task steps and the compute used as Python numbers (three
+    eager variable writes per step would cost more than the small steps they count) and
+    writes them here, before every save and when `train` returns.
+    """
+    self.global_step.assign(step)
+    for name, count in zip(self.names, counts):
+      self.task_steps[name].assign(count)
+    self.compute_used.assign(compute)
+
   def save(self):
     path = self.manager.save(checkpoint_number=int(self.global_step.numpy()))
     logging.info("Saved %s (step %d, compute %.4g device-s).", path, int(self.global_step.numpy()),
                  float(self.compute_used.numpy()))
     return path
 
-  def train(self, num_steps=None, max_compute=None):
+  def train(self, num_steps=None, max_compute=None, save_at_end=True):
     """Runs until num_steps or max_compute is reached (or a stop signal); returns a summary.
 
     Args:
       num_steps: the global step to stop at (counting every task's steps); None for no limit.
       max_compute: stop once the compute used (device-seconds, see `TaskSettings`) reaches
         this, e.g. the paper's 16.8K GPU hours = 6.048e7; None for no limit.
+      save_at_end: write a checkpoint when done (the benchmark times the loop without it).
 
     Returns:
       dict: {"step", "task_steps", "last_loss": {task: loss}, "stopped_by_signal": bool,
@@ -416,7 +429,8 @@ class Trainer:
     start_step, start_time = step, time.time()
     last_save_time, last_log = time.time(), 0.0
     every = self.checkpoint_every_compute
-    next_compute = (math.floor(float(self.compute_used.numpy()) / every) + 1) * every if every else None
+    compute = float(self.compute_used.numpy())
+    next_compute = (math.floor(compute / every) + 1) * every if every else None
     last_loss, recent = {}, {}
     # Mean loss of each task's first and last `window` steps of this run: is it going down?
     window = 20
@@ -424,7 +438,7 @@ class Trainer:
     latest = {n: collections.deque(maxlen=window) for n in self.names}
     stopped = False
     with _StopRequest() as stop, self._writer.as_default(), _quiet_retracing_warning():
-      while step < num_steps and float(self.compute_used.numpy()) < max_compute:
+      while step < num_steps and compute < max_compute:
         index = next_task(counts, weights)
         name = self.names[index]
         counts[index] += 1
@@ -439,37 +453,39 @@ class Trainer:
               f"({self.manager.latest_checkpoint}) is untouched. Lower "
               f"{name}/TaskSettings.learning_rate, or check its input.")
         step += 1
-        self.global_step.assign(step)
-        self.task_steps[name].assign(counts[index])
-        self.compute_used.assign_add(self.settings[name].cost_per_step)
+        compute += self.settings[name].cost_per_step
         last_loss[name] = loss_value
         if len(first[name]) < window:
           first[name].append(loss_value)
         latest[name].append(loss_value)
         recent.setdefault(name, []).append(loss_value)
         if step % self.summary_every_steps == 0 or step == num_steps:
-          self._write_summaries(name, loss_value, metrics, step, start_step, start_time)
+          self._write_summaries(name, loss_value, metrics, step, start_step, start_time,
+                                compute)
         if not self._wrote_config:
           self._write_operative_config()
         now = time.time()
-        due_compute = next_compute is not None and float(self.compute_used.numpy()) >= next_compute
+        due_compute = next_compute is not None and compute >= next_compute
         due_time = (self.checkpoint_every_secs is not None and
                     now - last_save_time >= self.checkpoint_every_secs)
         due_time, stop_now = self._agree(due_time, stop.requested)
         if due_compute or due_time or stop_now:
+          self._sync_counters(step, counts, compute)
           self.save()
           last_save_time = time.time()
           if due_compute:
-            next_compute = (math.floor(float(self.compute_used.numpy()) / every) + 1) * every
+            next_compute = (math.floor(compute / every) + 1) * every
         if now - last_log >= self.log_every_secs or step == num_steps:
           last_log = now
           self._log_progress(step, num_steps, counts, start_step, start_time, recent,
-                             max_compute)
+                             compute, max_compute)
           recent = {}
         if stop_now:
           stopped = True
           break
-    if not stopped and self.manager.latest_checkpoint != self._checkpoint_path(step):
+    self._sync_counters(step, counts, compute)
+    if (save_at_end and not stopped and
+        self.manager.latest_checkpoint != self._checkpoint_path(step)):
       self.save()
     self._writer.flush()
     for stats in self.decode_stats.values():
@@ -486,7 +502,7 @@ class Trainer:
   def _checkpoint_path(self, step):
     return os.path.join(self.write_dir, f"ckpt-{step}")
 
-  def _write_summaries(self, name, loss, metrics, step, start_step, start_time):
+  def _write_summaries(self, name, loss, metrics, step, start_step, start_time, compute):
     tf.summary.scalar(f"{name}/loss", loss, step=step)
     for key, value in metrics.items():
       tf.summary.scalar(f"{name}/{key}", value, step=step)
@@ -495,7 +511,7 @@ class Trainer:
     tf.summary.scalar(f"{name}/learning_rate", optimizer.learning_rate, step=step)
     tf.summary.scalar("steps_per_sec",
                       (step - start_step) / max(time.time() - start_time, 1e-9), step=step)
-    tf.summary.scalar("compute_used", float(self.compute_used.numpy()), step=step)
+    tf.summary.scalar("compute_used", compute, step=step)
     if self.lasso is not None:
       tf.summary.image("lasso/alpha", self.lasso.image(), step=step)
 
@@ -511,22 +527,22 @@ class Trainer:
     tf.io.gfile.rename(tmp, path, overwrite=True)
     tf.summary.text("operative_config", config, step=int(self.global_step.numpy()))
 
-  def _log_progress(self, step, num_steps, counts, start_step, start_time, recent,
+  def _log_progress(self, step, num_steps, counts, start_step, start_time, recent, compute,
                     max_compute=math.inf):
     elapsed = max(time.time() - start_time, 1e-9)
     rate = (step - start_step) / elapsed
     remaining = num_steps - step
     if math.isinf(remaining) and step > start_step:
       # Steps left until the compute budget, at the compute per step seen so far.
-      per_step = float(self.compute_used.numpy()) / max(step, 1)
-      remaining = (max_compute - float(self.compute_used.numpy())) / max(per_step, 1e-12)
+      per_step = compute / max(step, 1)
+      remaining = (max_compute - compute) / max(per_step, 1e-12)
     eta = remaining / rate if rate > 0 else float("inf")
     eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
     per_task = ", ".join(f"{n} {c}" for n, c in zip(self.names, counts))
     losses = ", ".join(f"{n} {np.mean(v):.4g}" for n, v in recent.items())
     logging.info("step %d/%s (%s), %.2f steps/s, ETA %s, compute %.4g device-s; mean loss "
                  "since last line: %s", step, num_steps, per_task, rate, eta_text,
-                 float(self.compute_used.numpy()), losses)
+                 compute, losses)
 
 
 @gin.configurable

@@ -21,6 +21,12 @@ default batch) in examples/s, measured in the same run. `input_over_step` above 
 input keeps up with training. The pipeline is measured a second time from decoded images held
 in memory, so that decoding and the task's own preprocessing can be told apart.
 
+"training": the multi-task loop (`training.Trainer.train`: schedule, counters, loss checks,
+summaries, accumulation) in steps/s against a bare loop calling the same compiled task steps in
+the same order, on fixed batches with the small trunk and small inputs (where the loop's own
+overhead shows most); and two MultiWorkerMirroredStrategy workers on 127.0.0.1 (two processes)
+against one, in examples/s at the same per-worker batch.
+
 "motion_labels": motion segmentation label extraction (`motion_labels.label_frame`, defaults:
 10 tracked steps, forward and backward DIS flow) in labelled frames/s in one process at
 320x240, beside the bare optical flow it is built on: the 20 flow fields one label needs,
@@ -50,7 +56,10 @@ from mtssl_tf.data import toy  # pylint: disable=g-import-not-at-top,wrong-impor
 from mtssl_tf.tasks import base  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("benchmarks", ["trunk", "inputs", "motion_labels"], "Which benchmarks to run.")
+flags.DEFINE_list("benchmarks", ["trunk", "inputs", "motion_labels", "training"],
+                  "Which benchmarks to run.")
+flags.DEFINE_integer("training_steps", 60, "Timed steps of the 'training' benchmark.")
+flags.DEFINE_string("worker_output", None, "Internal: a 'training' worker writes here.")
 flags.DEFINE_list("tasks", ["relative_position", "colorization", "exemplar", "motion_segmentation"],
                   "Tasks whose input pipelines the 'inputs' benchmark measures.")
 flags.DEFINE_list("input_cores", ["1", "2"], "tf.data thread pool sizes to measure.")
@@ -261,14 +270,144 @@ def _seconds(fn, repeats):
   return (time.perf_counter() - start) / repeats
 
 
+# The 'training' benchmark's configuration: small trunk, small inputs, toy data.
+_TRAINING_BINDINGS = [
+    "Trunk.depth = 26", "image_dataset.source = 'toy'", "image_dataset.num_toy_images = 32",
+    "image_dataset.toy_size = (64, 72)", "relative_position.patch_size = 32",
+    "relative_position.preprocess.gap = 4", "relative_position.preprocess.jitter = 2",
+    "relative_position.batch_size = 8", "relative_position.fc_width = 64",
+    "exemplar.patch_size = 32", "exemplar.batch_size = 8", "exemplar.head_width = 64",
+    "exemplar/TaskSettings.accumulation_steps = 2", "Trainer.checkpoint_every_secs = None",
+    "Trainer.log_every_secs = 1000", "Trainer.summary_every_steps = 20",
+    "Trainer.tasks = ['relative_position', 'exemplar']",
+]
+
+
+def _fixed_input_fns(tasks):
+  fns = {}
+  for name, task in tasks.items():
+    batch = next(iter(task.input_fn()))
+    fns[name] = (lambda b: lambda ctx: tf.data.Dataset.from_tensors(b).repeat())(batch)
+  return fns
+
+
+def benchmark_training():
+  import gin  # pylint: disable=g-import-not-at-top
+  from mtssl_tf import training  # pylint: disable=g-import-not-at-top
+  from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  common.parse_gin([], _TRAINING_BINDINGS)
+  workdir = tempfile.mkdtemp(prefix="mtssl_benchmark_training_")
+  probe = training.Trainer(os.path.join(workdir, "probe"))
+  trainer = training.Trainer(os.path.join(workdir, "run"),
+                             input_fns=_fixed_input_fns(probe.tasks))
+  steps = FLAGS.training_steps
+  trainer.train(num_steps=8)  # traces every (task, apply) step function
+  order = []
+  counts = [int(trainer.task_steps[n].numpy()) for n in trainer.names]
+  weights = [trainer.settings[n].weight for n in trainer.names]
+  for _ in range(steps):
+    i = training.next_task(counts, weights)
+    counts[i] += 1
+    name = trainer.names[i]
+    order.append((name, counts[i] % trainer.settings[name].accumulation_steps == 0))
+
+  def bare():
+    for name, apply in order:
+      loss, _, _ = trainer._step_fn(name, apply)(trainer._iterators[name])  # pylint: disable=protected-access
+    loss.numpy()
+
+  loop_t, bare_t = [], []
+  for _ in range(FLAGS.rounds):
+    start = time.perf_counter()
+    trainer.train(num_steps=int(trainer.global_step.numpy()) + steps, save_at_end=False)
+    loop_t.append(time.perf_counter() - start)
+    bare_t.append(_timed(bare))
+  loop_s, bare_s = statistics.median(loop_t), statistics.median(bare_t)
+  emit(benchmark="training_loop", tasks=trainer.names, steps=steps,
+       loop_steps_per_s=round(steps / loop_s, 2), bare_steps_per_s=round(steps / bare_s, 2),
+       ratio_loop_over_bare=round(bare_s / loop_s, 3),
+       overhead_percent=round(100 * (loop_s - bare_s) / bare_s, 2))
+  gin.clear_config()
+  _benchmark_workers(workdir)
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _benchmark_workers(workdir):
+  """Two loopback workers against one, as subprocesses of this script."""
+  import json as json_lib  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  results = {}
+  for num_workers in (1, 2):
+    sockets = [socket.socket() for _ in range(num_workers)]
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+    for s in sockets:
+      s.close()
+    processes, outputs = [], []
+    for index in range(num_workers):
+      output = os.path.join(workdir, f"workers{num_workers}_{index}.json")
+      outputs.append(output)
+      env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2",
+                 TF_CONFIG=json_lib.dumps({"cluster": cluster,
+                                           "task": {"type": "worker", "index": index}}))
+      processes.append(subprocess.Popen(
+          [sys.executable, os.path.abspath(__file__), "--benchmarks=",
+           f"--worker_output={output}", f"--training_steps={FLAGS.training_steps}"],
+          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for process in processes:
+      _, err = process.communicate(timeout=1800)
+      if process.returncode:
+        raise RuntimeError(f"benchmark worker failed: {err[-2000:]}")
+    with open(outputs[0]) as f:
+      results[num_workers] = json_lib.load(f)
+  one, two = results[1]["examples_per_s"], results[2]["examples_per_s"]
+  emit(benchmark="training_workers", cpus=os.cpu_count(), one_worker_examples_per_s=one,
+       two_workers_examples_per_s=two, ratio_two_over_one=round(two / one, 3),
+       note="same per-worker batch; on one machine the two workers share its cores")
+
+
+def _run_worker(output):
+  """A 'training' worker: MultiWorkerMirroredStrategy from TF_CONFIG; writes examples/s."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mtssl_tf import training  # pylint: disable=g-import-not-at-top
+  from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  workers = strategy.num_replicas_in_sync
+  common.parse_gin([], _TRAINING_BINDINGS + [
+      f"relative_position.batch_size = {8 * workers}", f"exemplar.batch_size = {8 * workers}"])
+  trainer = training.Trainer(tempfile.mkdtemp(prefix="mtssl_benchmark_worker_"),
+                             strategy=strategy)
+  trainer.train(num_steps=8)
+  start = time.perf_counter()
+  trainer.train(num_steps=8 + FLAGS.training_steps, save_at_end=False)
+  seconds = time.perf_counter() - start
+  del gin
+  with open(output, "w") as f:
+    json.dump({"examples_per_s": round(8 * workers * FLAGS.training_steps / seconds, 2),
+               "workers": workers}, f)
+
+
 def main(argv):
   del argv
+  if FLAGS.worker_output:
+    _run_worker(FLAGS.worker_output)
+    return
   emit(benchmark="machine", tensorflow=tf.__version__, cpus=os.cpu_count(),
        gpus=len(tf.config.list_physical_devices("GPU")))
-  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs", "motion_labels"}
+  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs", "motion_labels", "training"}
   if unknown:
     raise app.UsageError(f"--benchmarks: unknown {sorted(unknown)}; choose trunk, inputs, "
-                         "motion_labels.")
+                         "motion_labels, training.")
+  if "training" in FLAGS.benchmarks:
+    benchmark_training()
   if "motion_labels" in FLAGS.benchmarks:
     benchmark_motion_labels()
   if "inputs" in FLAGS.benchmarks:
