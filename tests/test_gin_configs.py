@@ -48,3 +48,42 @@ def test_harmonized_file_switches_relative_position_to_lightness():
   features = relative_position.preprocess({"image": image}, patch_size=16)
   rgb = input_convention.from_trunk_input(features["relative_position/patches"]).numpy()
   np.testing.assert_allclose(rgb[..., 0], rgb[..., 2], atol=1e-3)
+
+
+EXPERIMENTS = sorted(
+    os.path.relpath(p, common.GIN_ROOT)
+    for p in glob.glob(os.path.join(common.GIN_ROOT, "experiments", "*.gin")))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS)
+def test_experiment_file_parses_and_says_what_it_reproduces(path):
+  with open(os.path.join(common.GIN_ROOT, path)) as f:
+    text = f.read()
+  assert text.startswith("# "), "an experiment opens with a comment"
+  assert "mtssl-train --gin_file=" in text or "mtssl-demo" in text
+  common.parse_gin([path], [])
+  tasks = gin.query_parameter("Trainer.tasks")
+  assert tasks and set(tasks) <= set(base.registered())
+
+
+def test_the_lasso_experiment_builds_its_trainer_on_toy_data(tmp_path):
+  from mtssl_tf import training  # pylint: disable=g-import-not-at-top
+  from tests import test_training  # pylint: disable=g-import-not-at-top
+  common.parse_gin(["experiments/rp_col_ex_ms_lasso.gin"],
+                   test_training.TINY + ["motion_dataset.source = 'toy'"])
+  trainer = training.Trainer(str(tmp_path))
+  assert trainer.names == ["relative_position", "colorization", "exemplar",
+                           "motion_segmentation"]
+  assert trainer.lasso is not None and trainer.lasso.matrix().shape == (4, 2)
+  assert trainer.checkpoint_every_compute == 8.64e6
+  assert trainer.settings["relative_position"].cost_per_step == 31.5
+
+
+def test_harmonized_experiments_switch_relative_position_to_lightness():
+  for path in ("experiments/rp_harmonized.gin", "experiments/rp_col_harmonized.gin"):
+    gin.clear_config()
+    common.parse_gin([path], [])
+    assert gin.query_parameter("relative_position.preprocess.color_mode") == "harmonized"
+  gin.clear_config()
+  common.parse_gin(["experiments/rp.gin"], [])
+  assert gin.query_parameter("relative_position.preprocess.color_mode") == "drop"
