@@ -183,7 +183,10 @@ def test_mirrored_over_two_devices_matches_one_device(tmp_path):
   single = training.Trainer(str(tmp_path / "single"), tasks=names, input_fns=fns)
   mirrored = training.Trainer(
       str(tmp_path / "mirrored"), tasks=names, input_fns=fns,
-      strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+      # Reduction through one device, not CPU collectives: two MirroredStrategy objects with
+      # collectives in one process (test_trunk.py makes another) clash on instance keys.
+      strategy=tf.distribute.MirroredStrategy(
+          ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()))
   assert mirrored.strategy.num_replicas_in_sync == 2
   for a, b in zip(single.trunk.trainable_variables, mirrored.trunk.trainable_variables):
     b.assign(a)
