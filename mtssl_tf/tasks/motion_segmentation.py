@@ -81,15 +81,17 @@ def preprocess(example, training=True, crop_size=224, seed=None):
                                 crop_size)
   cells = crop_size // STRIDE
   grid = tf.shape(mask)
+  # Distinct op seeds: one seed shared by ops in a graph gives equal draws.
+  seeds = [None] * 3 if seed is None else [seed, seed + 1, seed + 2]
   if training:
-    top = tf.random.uniform([], 0, grid[0] - cells + 1, dtype=tf.int32, seed=seed)
-    left = tf.random.uniform([], 0, grid[1] - cells + 1, dtype=tf.int32, seed=seed)
+    top = tf.random.uniform([], 0, grid[0] - cells + 1, dtype=tf.int32, seed=seeds[0])
+    left = tf.random.uniform([], 0, grid[1] - cells + 1, dtype=tf.int32, seed=seeds[1])
   else:
     top, left = (grid[0] - cells) // 2, (grid[1] - cells) // 2
   image = image[top * STRIDE:(top + cells) * STRIDE, left * STRIDE:(left + cells) * STRIDE]
   mask = mask[top:top + cells, left:left + cells]
   if training:
-    flip = tf.random.uniform([], seed=seed) < 0.5
+    flip = tf.random.uniform([], seed=seeds[2]) < 0.5
     image = tf.where(flip, image[:, ::-1], image)
     mask = tf.where(flip, mask[:, ::-1], mask)
   image = tf.ensure_shape(image, [crop_size, crop_size, 3])

@@ -82,14 +82,17 @@ def sample_pair(image, patch_size=96, gap=48, jitter=7, training=True, seed=None
       tf.reduce_min(shape[:2]), size,
       message=f"relative_position: image smaller than the {size}px window; resize it first "
       "(preprocess does)")
-  label = tf.random.uniform([], 0, NUM_CLASSES, dtype=tf.int32, seed=seed)
+  # Distinct op seeds per draw: one seed shared by several ops in a graph gives them equal
+  # draws (the same row and column offset, say).
+  seeds = [None] * 4 if seed is None else [seed + i for i in range(4)]
+  label = tf.random.uniform([], 0, NUM_CLASSES, dtype=tf.int32, seed=seeds[0])
   step = tf.gather(tf.constant(OFFSETS, tf.int32), label)
   if training:
     origin = tf.stack([
-        tf.random.uniform([], 0, shape[0] - size + 1, dtype=tf.int32, seed=seed),
-        tf.random.uniform([], 0, shape[1] - size + 1, dtype=tf.int32, seed=seed),
+        tf.random.uniform([], 0, shape[0] - size + 1, dtype=tf.int32, seed=seeds[1]),
+        tf.random.uniform([], 0, shape[1] - size + 1, dtype=tf.int32, seed=seeds[2]),
     ])
-    shifts = tf.random.uniform([2, 2], -jitter, jitter + 1, dtype=tf.int32, seed=seed)
+    shifts = tf.random.uniform([2, 2], -jitter, jitter + 1, dtype=tf.int32, seed=seeds[3])
   else:
     origin = (shape[:2] - size) // 2
     shifts = tf.zeros([2, 2], tf.int32)
@@ -124,14 +127,15 @@ def drop_color(patch, noise="gaussian", noise_fraction=0.01, seed=None):
   if noise not in NOISE_KINDS:
     raise ValueError(f"relative_position noise must be one of {NOISE_KINDS}, got {noise!r} "
                      "(gin: relative_position.preprocess.noise).")
+  fill_seed = None if seed is None else seed + 1
   keep = tf.random.uniform([], 0, 3, dtype=tf.int32, seed=seed)
   kept = tf.gather(patch, keep, axis=-1)
   std = tf.math.reduce_std(kept) * noise_fraction
   if noise == "gaussian":
-    fill = tf.random.normal(tf.shape(patch), stddev=1.0, seed=seed)
+    fill = tf.random.normal(tf.shape(patch), stddev=1.0, seed=fill_seed)
   else:
     # Uniform on [-sqrt(3), sqrt(3)] has unit deviation.
-    fill = tf.random.uniform(tf.shape(patch), -3.0**0.5, 3.0**0.5, seed=seed)
+    fill = tf.random.uniform(tf.shape(patch), -3.0**0.5, 3.0**0.5, seed=fill_seed)
   fill = fill * std
   is_kept = tf.equal(tf.range(3), keep)
   return tf.where(is_kept, patch, fill)
@@ -190,15 +194,20 @@ def preprocess(example,
   out = []
   for i in range(2):
     patch = patches[i]
+    # Each patch's draws get op seeds of their own (see sample_pair).
+    patch_seed = None if seed is None else seed + 10 * (i + 1)
     if downsample_probability > 0:
       patch = tf.cond(
-          tf.random.uniform([], seed=seed) < downsample_probability,
-          lambda p=patch: downsample(p, min_downsample_area, seed), lambda p=patch: p)
+          tf.random.uniform([], seed=patch_seed) < downsample_probability,
+          lambda p=patch, s=patch_seed: downsample(p, min_downsample_area,
+                                                   None if s is None else s + 1),
+          lambda p=patch: p)
     if color_mode == "harmonized":
       patch = colorization.lightness_as_rgb(color.rgb_to_lab(patch / 255.0))
     patch = input_convention.to_trunk_input(patch[None])[0]
     if color_mode == "drop":
-      patch = drop_color(patch, noise, noise_fraction, seed)
+      patch = drop_color(patch, noise, noise_fraction,
+                         None if patch_seed is None else patch_seed + 2)
     out.append(patch)
   return {
       "relative_position/patches": tf.stack(out),

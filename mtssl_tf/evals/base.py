@@ -1,0 +1,148 @@
+"""What every evaluation exposes, and the registry that finds them by name.
+
+An evaluation is shaped like a pretext task (`mtssl_tf.tasks.base`): `input_fn(input_context,
+split)` returns a dataset of feature dicts batched per replica (repeated and shuffled for
+"train", one pass for the test split), `model_fn(features, mode)` returns a `Spec`. On top of
+that it says which variables it trains (`fine_tunes_trunk`: the linear probe keeps the trunk
+frozen, detection and depth fine-tune it) and gives a host-side `MetricsAccumulator` for metrics
+pooled over the whole test set (mean AP, pixel ratios), which per-batch means would get wrong.
+The loop that trains, evaluates and writes results is `mtssl_tf/evaluation.py`.
+"""
+
+import gin
+import tensorflow as tf
+
+from mtssl_tf.tasks.base import Mode  # pylint: disable=unused-import
+from mtssl_tf.tasks.base import Spec  # pylint: disable=unused-import
+
+_REGISTRY = {}
+
+
+def register(name):
+  """Class decorator: makes an `Evaluation` subclass available as `get(name)`."""
+
+  def decorator(cls):
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+      raise ValueError(f"Evaluation {name!r} is registered twice.")
+    _REGISTRY[name] = cls
+    cls.name = name
+    return cls
+
+  return decorator
+
+
+def get(name):
+  """The evaluation class registered under `name` (KeyError naming the known ones)."""
+  import mtssl_tf.evals  # pylint: disable=g-import-not-at-top,unused-import
+  if name not in _REGISTRY:
+    raise KeyError(f"Unknown evaluation {name!r}; registered evaluations: {sorted(_REGISTRY)}.")
+  return _REGISTRY[name]
+
+
+def registered():
+  import mtssl_tf.evals  # pylint: disable=g-import-not-at-top,unused-import
+  return sorted(_REGISTRY)
+
+
+class MetricsAccumulator:
+  """Host-side metrics over a whole split: `update` per batch, `result` at the end."""
+
+  def update(self, features, predictions):
+    raise NotImplementedError
+
+  def result(self):
+    raise NotImplementedError
+
+
+class Evaluation(tf.Module):
+  """Base class: an evaluation head on a trunk.
+
+  Attributes:
+    name: the registered name (feature key prefix and gin scope).
+    output_stride: the stride the evaluation runs the trunk at.
+    fine_tunes_trunk: whether the trunk's weights train with the head (BN in training mode).
+    lasso: None, or a `lasso.Lasso` with a row for this evaluation (paper Table 4, "eval
+      lasso"): the head then reads that row's combination of block 3's units.
+  """
+
+  name = None
+  output_stride = 32
+  fine_tunes_trunk = True
+  batch_size = None
+
+  def __init__(self, trunk):
+    super().__init__(name=self.name)
+    self.trunk = trunk
+    self.lasso = None
+
+  @property
+  def head_variables(self):
+    """The evaluation's own trainable variables (not the trunk's, not the lasso's)."""
+    shared = {v.ref() for v in self.trunk.trainable_variables}
+    if self.lasso is not None:
+      shared |= {v.ref() for v in self.lasso.trainable_variables}
+    return [v for v in self.trainable_variables if v.ref() not in shared]
+
+  def per_replica_batch(self, input_context):
+    if input_context is None:
+      return self.batch_size
+    return input_context.get_per_replica_batch_size(self.batch_size)
+
+  def representation(self, images, training):
+    """Block 3 at the evaluation's stride, or its lasso combination of block 3's units.
+
+    Args:
+      images: trunk input [B, H, W, 3].
+      training: whether the trunk is being fine-tuned in this call (BN batch statistics).
+    """
+    endpoints = self.trunk(images, training=training, output_stride=self.output_stride)
+    if self.lasso is None:
+      return endpoints["block3"]
+    from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top
+    names = trunk_lib.unit_endpoint_names(self.trunk.depth)
+    return self.lasso.combine(self.name, [endpoints[n] for n in names])
+
+  def input_fn(self, input_context=None, split="train"):
+    raise NotImplementedError
+
+  def model_fn(self, features, mode):
+    raise NotImplementedError
+
+  def metrics_accumulator(self):
+    raise NotImplementedError
+
+
+@gin.configurable
+def tfds_split(name, split, data_dir=None, manual_dir=None, input_context=None,
+               shuffle_files=False):
+  """A TFDS split as a dataset of its feature dicts, sharded for `input_context`.
+
+  Args:
+    name: TFDS dataset name, e.g. "imagenet2012", "voc/2007", "nyu_depth_v2".
+    split: e.g. "train", "validation", "test".
+    data_dir: TFDS data directory (None: TFDS's default).
+    manual_dir: manual download directory (ImageNet's tars); prepared if not yet.
+    input_context: `tf.distribute.InputContext` or None.
+    shuffle_files: shuffle the order of files.
+
+  Returns:
+    (dataset, `tfds.core.DatasetInfo`).
+
+  Raises:
+    ValueError: naming the dataset, the directory and how to prepare it, when it is missing.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir)
+  if manual_dir is not None:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  try:
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=shuffle_files,
+        read_config=tfds.ReadConfig(input_context=input_context))
+  except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
+    raise ValueError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in "
+        f"{builder.data_dir!r}: {e}. Prepare it first (WORKSPACE.md), e.g. `tfds build {name} "
+        f"--data_dir=...`, and bind tfds_split.data_dir.") from e
+  return dataset, builder.info

@@ -1,0 +1,201 @@
+"""ImageNet with frozen features (paper section 5): a linear classifier on the frozen trunk.
+
+The trunk runs at output stride 32 in inference mode (batch norm uses its moving statistics,
+which never change: the trunk is not trained and its statistics are not updated). Block 3's
+output, 7x7x1024 for a 224 px crop, is max-pooled to 3x3x1024 (3x3 windows, stride 2), flattened
+and fed to one linear softmax layer. Before it, a batch normalization without scale or offset
+(`normalize_features`, on by default; as in MAE's linear probing) standardizes each feature:
+the classifier stays linear in the features (at test time it is a fixed affine map), but one
+learning rate then suits every trunk, whose feature scales differ by orders of magnitude (a
+random trunk's block 3, with untrained batch norm statistics, reaches 1e5). Training augmentation: translation (a random 224 crop of
+the image resized so its shorter side is 256) and color (brightness, contrast, saturation, hue);
+evaluation: the center 224 crop of the same resize, no multi-crop, no mirroring. Metrics:
+top-1 and top-5 accuracy (the paper's "recall at 5"), over the whole evaluation split.
+
+Data: TFDS `imagenet2012` (manual download), or any TFDS classification dataset with 'image'
+and 'label' features (`imagenet_linear.dataset`), or a built-in toy set (`"toy"`: toy images
+labelled by the hue of their background gradient, for the demo and tests).
+"""
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from mtssl_tf import input_convention
+from mtssl_tf.data import toy
+from mtssl_tf.evals import base
+
+RESIZE = 256
+
+
+def _resize_shorter(image, size):
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = size / tf.reduce_min(shape)
+  new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+  return tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear", antialias=True)
+
+
+@gin.configurable("preprocess", module="imagenet_linear", denylist=["example", "training"])
+def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=0.25, contrast=0.4,
+               saturation=0.4, hue=0.1, seed=None):
+  """{'image': uint8 [H, W, 3], 'label': int} -> trunk input and label.
+
+  Args:
+    example: dict with 'image' and 'label'.
+    training: random crop and color changes when True, center crop otherwise.
+    crop_size: crop side (224).
+    resize: the image's shorter side is resized to this first (256).
+    brightness, contrast, saturation, hue: color augmentation ranges (brightness as a fraction
+      of 255; contrast and saturation factors in [1 - x, 1 + x]; hue shift in [-x, x]).
+    seed: optional op seed.
+
+  Returns:
+    {'imagenet_linear/image': float32 [S, S, 3], 'imagenet_linear/label': int32 []}.
+  """
+  image = _resize_shorter(example["image"], max(resize, crop_size))
+  if training:
+    image = tf.image.random_crop(image, [crop_size, crop_size, 3], seed=seed)
+    image = image / 255.0
+    image = tf.image.random_brightness(image, brightness, seed=seed)
+    image = tf.image.random_contrast(image, 1 - contrast, 1 + contrast, seed=seed)
+    image = tf.image.random_saturation(image, 1 - saturation, 1 + saturation, seed=seed)
+    image = tf.image.random_hue(image, hue, seed=seed)
+    image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
+  else:
+    shape = tf.shape(image)[:2]
+    top, left = (shape[0] - crop_size) // 2, (shape[1] - crop_size) // 2
+    image = image[top:top + crop_size, left:left + crop_size]
+  image = tf.ensure_shape(image, [crop_size, crop_size, 3])
+  return {"imagenet_linear/image": input_convention.to_trunk_input(image[None])[0],
+          "imagenet_linear/label": tf.cast(example["label"], tf.int32)}
+
+
+def toy_classification(num_images=64, size=(96, 112), num_classes=4, seed=0):
+  """The toy classification set: toy images, labelled by their mean hue's quadrant.
+
+  Returns:
+    dict of numpy arrays {"image": uint8 [N, H, W, 3], "label": int64 [N]}; grayscale toy
+    images (no hue) are left out.
+  """
+  images = toy.make_toy_images(num_images, size, seed)
+  hsv = tf.image.rgb_to_hsv(images.astype(np.float32) / 255.0).numpy()
+  colorful = hsv[..., 1].mean(axis=(1, 2)) > 0.05
+  # Circular mean of the hue, so that reds near 0 and 1 fall in one class.
+  angle = hsv[..., 0] * 2 * np.pi
+  mean = np.arctan2(np.sin(angle).mean(axis=(1, 2)), np.cos(angle).mean(axis=(1, 2)))
+  labels = (np.floor((mean % (2 * np.pi)) / (2 * np.pi) * num_classes)).astype(np.int64)
+  return {"image": images[colorful], "label": labels[colorful] % num_classes}
+
+
+class TopKAccumulator(base.MetricsAccumulator):
+  """Top-1 and top-5 accuracy over a whole split."""
+
+  def __init__(self):
+    self.count = 0
+    self.top1 = 0
+    self.top5 = 0
+
+  def update(self, features, predictions):
+    labels = np.asarray(features["imagenet_linear/label"])
+    logits = np.asarray(predictions["imagenet_linear/logits"])
+    top = np.argsort(-logits, axis=-1)[:, :5]
+    self.count += len(labels)
+    self.top1 += int((top[:, 0] == labels).sum())
+    self.top5 += int((top == labels[:, None]).any(axis=1).sum())
+
+  def result(self):
+    count = max(self.count, 1)
+    return {"top1": self.top1 / count, "top5": self.top5 / count, "examples": self.count}
+
+
+@base.register("imagenet_linear")
+@gin.configurable("imagenet_linear")
+class ImagenetLinear(base.Evaluation):
+  """Linear softmax on max-pooled block 3 of the frozen trunk."""
+
+  output_stride = 32
+  fine_tunes_trunk = False
+
+  def __init__(self, trunk, dataset="imagenet2012", train_split="train",
+               eval_split="validation", num_classes=None, batch_size=64, crop_size=224,
+               shuffle_buffer=1024, normalize_features=True):
+    """Creates the linear layer.
+
+    Args:
+      trunk: the trunk (frozen here).
+      dataset: TFDS name of a classification dataset ('image', 'label'), or "toy".
+      train_split, eval_split: TFDS splits.
+      num_classes: classes; None reads them from the dataset's info (4 for "toy").
+      batch_size: global batch size.
+      crop_size: crop side.
+      shuffle_buffer: training examples in the shuffle buffer.
+      normalize_features: standardize the pooled features (batch norm, no scale or offset).
+    """
+    super().__init__(trunk)
+    self.dataset = dataset
+    self.train_split = train_split
+    self.eval_split = eval_split
+    self.batch_size = batch_size
+    self.crop_size = crop_size
+    self.shuffle_buffer = shuffle_buffer
+    if num_classes is None:
+      num_classes = 4 if dataset == "toy" else None
+    self.num_classes = num_classes
+    self.pool = tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding="valid")
+    self.flatten = tf.keras.layers.Flatten()
+    self.normalize = (tf.keras.layers.BatchNormalization(center=False, scale=False,
+                                                         epsilon=1e-6, name="feature_norm")
+                      if normalize_features else None)
+    self.classifier = None  # made once num_classes is known (from the dataset's info)
+
+  def _source(self, input_context, split):
+    if self.dataset == "toy":
+      data = toy_classification(num_classes=self.num_classes,
+                                seed=0 if split == self.train_split else 1)
+      dataset = tf.data.Dataset.from_tensor_slices(data)
+      if input_context is not None:
+        dataset = dataset.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+      return dataset
+    dataset, info = base.tfds_split(self.dataset, split, input_context=input_context,
+                                    shuffle_files=split == self.train_split)
+    if self.num_classes is None:
+      self.num_classes = info.features["label"].num_classes
+    return dataset
+
+  def input_fn(self, input_context=None, split="train"):
+    training = split == "train"
+    dataset = self._source(input_context, self.train_split if training else self.eval_split)
+    dataset = dataset.map(lambda ex: preprocess(ex, training, crop_size=self.crop_size),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+      dataset = dataset.repeat().shuffle(self.shuffle_buffer)
+    batch = self.per_replica_batch(input_context)
+    return dataset.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+  def model_fn(self, features, mode):
+    if self.classifier is None:
+      if self.num_classes is None:
+        raise ValueError("imagenet_linear needs num_classes: bind imagenet_linear.num_classes "
+                         "or build the input first (it reads the dataset's info).")
+      self.classifier = tf.keras.layers.Dense(self.num_classes, name="linear")
+    # Frozen: inference-mode batch norm whatever the mode; no gradient reaches the trunk.
+    block3 = tf.stop_gradient(self.representation(features["imagenet_linear/image"], False))
+    features_flat = self.flatten(self.pool(block3))
+    if self.normalize is not None:
+      features_flat = self.normalize(features_flat, training=mode == base.Mode.TRAIN)
+    logits = self.classifier(features_flat)
+    predictions = {"imagenet_linear/logits": logits,
+                   "imagenet_linear/label": tf.argmax(logits, -1, output_type=tf.int32)}
+    if mode == base.Mode.PREDICT:
+      return base.Spec(predictions=predictions)
+    labels = features["imagenet_linear/label"]
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels, tf.cast(logits, tf.float32)))
+    top1 = tf.reduce_mean(tf.cast(tf.equal(predictions["imagenet_linear/label"], labels),
+                                  tf.float32))
+    top5 = tf.reduce_mean(tf.cast(tf.nn.in_top_k(labels, logits, 5), tf.float32))
+    return base.Spec(loss=loss, predictions=predictions, metrics={"top1": top1, "top5": top5})
+
+  def metrics_accumulator(self):
+    return TopKAccumulator()

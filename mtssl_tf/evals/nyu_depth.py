@@ -1,0 +1,390 @@
+"""NYU depth v2 (paper section 5): per-pixel depth regression from the fine-tuned trunk.
+
+The model is Laina et al. 2016's ("Deeper Depth Prediction with Fully Convolutional Residual
+Networks") as the paper modifies it: block 3 of the trunk at output stride 16 feeds three
+up-projection blocks (512, 256 and 128 filters; Laina's ResNet-50 model has four after block 4)
+and a 3x3 convolution to one depth channel, so the prediction is at half the input's
+resolution (16 / 2^3 = 2). Since ResNet-v2 block outputs are pre-activation, the decoder first
+applies batch norm and ReLU to block 3 (in place of Laina's 1x1 convolution and batch norm after
+ResNet-50's last, already activated, block). The loss is Laina's reverse Huber (berHu).
+
+Input (`preprocess`), Laina's recipe at half resolution: the 480x640 TFDS `nyu_depth_v2`
+frames (any size works) are resized to `crop_size` (240x320; both sides must be multiples of
+16); for training, Eigen et al. 2014's augmentation: a random scale s in [1, 1.5] (the frame is
+resized to s x `crop_size` and a random `crop_size` window taken; depths are divided by s, as a
+zoom by s looks like a camera s times closer), a horizontal flip of image and depth together and
+a per-channel color gain in [0.8, 1.2]. Laina's rotation is left out. Depth is resized by
+nearest neighbour, never interpolated, so invalid (zero) pixels do not blend into valid ones.
+
+Conventions recorded here (DESIGN.md "Evaluations"):
+  * Loss resolution (`match_resolution`): the loss is computed at the prediction's resolution,
+    with the target and its validity mask resized down by nearest neighbour, as Laina did.
+    Metrics are computed at the target's (preprocessed, 240x320) resolution, with the
+    prediction upsampled bilinearly; this is what `DepthMetricsAccumulator` does.
+  * Valid pixels: target depth finite and > 0; all losses and metrics use valid pixels only.
+  * Predictions are clipped below at `MIN_DEPTH` (1 mm) before any metric, so ratios and
+    logarithms are defined for a network that predicts zero or negative depth.
+  * Metrics pool all valid pixels of the test set (the paper's "percent of pixels"); the mean
+    over images of each per-image metric is reported beside them, keys suffixed "_per_image".
+"""
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from mtssl_tf import input_convention
+
+# The trunk's output stride for this evaluation, and the decoder's total upsampling.
+OUTPUT_STRIDE = 16
+PREDICTION_STRIDE = 2
+# Laina's berHu threshold: c = BERHU_FRACTION x the largest absolute residual in the batch.
+BERHU_FRACTION = 0.2
+# Predictions are clipped below at this depth (metres) before metrics: ratios and log10 need d>0.
+MIN_DEPTH = 1e-3
+# The delta thresholds: a pixel is right at level k when max(d/d*, d*/d) < 1.25^k.
+DELTA_BASE = 1.25
+METRIC_NAMES = ("delta1_pct", "delta2_pct", "delta3_pct", "abs_rel", "rmse", "log10")
+_BN = dict(epsilon=1e-5, momentum=0.997)
+
+
+def unpool(inputs):
+  """Laina's 2x unpooling: each value to the top-left of a 2x2 block, zeros elsewhere.
+
+  Args:
+    inputs: float [B, h, w, C].
+
+  Returns:
+    [B, 2h, 2w, C] with out[:, 2i, 2j] = inputs[:, i, j] and zeros at every other position.
+  """
+  shape = tf.shape(inputs)
+  batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+  zeros = tf.zeros_like(inputs)
+  # Interleave along width (value, 0, value, 0, ...), then along height (row, zero row, ...).
+  rows = tf.reshape(tf.stack([inputs, zeros], axis=3), [batch, height, 2 * width, channels])
+  out = tf.reshape(tf.stack([rows, tf.zeros_like(rows)], axis=2),
+                   [batch, 2 * height, 2 * width, channels])
+  static = inputs.shape
+  return tf.ensure_shape(out, [
+      static[0], None if static[1] is None else 2 * static[1],
+      None if static[2] is None else 2 * static[2], static[3]
+  ])
+
+
+class UpProjection(tf.keras.layers.Layer):
+  """Laina et al.'s up-projection block (their Fig. 2c, the plain, not the "fast", form).
+
+  2x unpooling (`unpool`), then two branches summed: a main branch of 5x5 convolution, batch
+  norm, ReLU, 3x3 convolution, batch norm, and a projection branch of 5x5 convolution and batch
+  norm; a ReLU after the sum. Convolutions have no bias (batch norm follows each). The "fast"
+  form computes the same function with four small convolutions interleaved; the plain one is
+  slower but reads like the paper.
+
+  Input [B, h, w, C_in] -> output [B, 2h, 2w, filters].
+  """
+
+  def __init__(self, filters, name=None, **kwargs):
+    """Creates the block.
+
+    Args:
+      filters: output channels of every convolution of the block.
+      name: Keras layer name.
+      **kwargs: passed to `tf.keras.layers.Layer`.
+    """
+    super().__init__(name=name, **kwargs)
+    self.filters = filters
+    conv = lambda size, name: tf.keras.layers.Conv2D(
+        filters, size, padding="same", use_bias=False, name=name)
+    self.conv1 = conv(5, "conv1")
+    self.bn1 = tf.keras.layers.BatchNormalization(name="bn1", **_BN)
+    self.conv2 = conv(3, "conv2")
+    self.bn2 = tf.keras.layers.BatchNormalization(name="bn2", **_BN)
+    self.projection = conv(5, "projection")
+    self.projection_bn = tf.keras.layers.BatchNormalization(name="projection_bn", **_BN)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters)
+    return config
+
+  def call(self, inputs, training=False):
+    net = unpool(inputs)
+    main = tf.nn.relu(self.bn1(self.conv1(net), training=training))
+    main = self.bn2(self.conv2(main), training=training)
+    shortcut = self.projection_bn(self.projection(net), training=training)
+    return tf.nn.relu(main + shortcut)
+
+
+@gin.configurable(module="nyu_depth")
+class DepthDecoder(tf.keras.layers.Layer):
+  """Block 3 (output stride 16) -> depth at half the input's resolution.
+
+  Batch norm and ReLU on block 3 (`preactivate`; ResNet-v2 block outputs are pre-activation),
+  up-projections with `filters` (the paper's 512, 256, 128) and a 3x3 convolution to one
+  channel with a bias. Input [B, h, w, 1024] -> output [B, 8h, 8w, 1] (three blocks), which is
+  [B, H/2, W/2, 1] for images [B, H, W, 3] with H, W multiples of 16.
+  """
+
+  def __init__(self, filters=(512, 256, 128), preactivate=True, name="nyu_depth_decoder",
+               **kwargs):
+    """Creates the decoder.
+
+    Args:
+      filters: filters of each up-projection block, in order.
+      preactivate: apply batch norm and ReLU to the input first.
+      name: Keras layer name.
+      **kwargs: passed to `tf.keras.layers.Layer`.
+    """
+    super().__init__(name=name, **kwargs)
+    self.filters = tuple(filters)
+    self.preactivate = preactivate
+    self.input_bn = (
+        tf.keras.layers.BatchNormalization(name="input_bn", **_BN) if preactivate else None)
+    self.up_projections = [
+        UpProjection(f, name=f"up_projection_{i + 1}") for i, f in enumerate(self.filters)
+    ]
+    self.prediction = tf.keras.layers.Conv2D(1, 3, padding="same", name="prediction")
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, preactivate=self.preactivate)
+    return config
+
+  def call(self, block3, training=False):
+    net = block3
+    if self.input_bn is not None:
+      net = tf.nn.relu(self.input_bn(net, training=training))
+    for block in self.up_projections:
+      net = block(net, training=training)
+    return self.prediction(net)
+
+
+def _squeeze_channel(prediction):
+  """[B, h, w, 1] or [B, h, w] -> [B, h, w]."""
+  prediction = tf.convert_to_tensor(prediction)
+  if prediction.shape.rank == 4:
+    return prediction[..., 0]
+  return prediction
+
+
+def match_resolution(prediction, target, valid_mask, resize="target"):
+  """Brings prediction and target to one resolution.
+
+  Args:
+    prediction: float [B, h, w, 1] or [B, h, w].
+    target: float [B, H, W] depth.
+    valid_mask: bool [B, H, W].
+    resize: "target": the target and mask are resized to the prediction's size by nearest
+      neighbour (for the loss: Laina's choice; for a 2x reduction TF's half-pixel rule keeps
+      pixel (2i+1, 2j+1)); "prediction": the prediction is upsampled bilinearly to the
+      target's size (for metrics).
+
+  Returns:
+    (prediction [B, s, s', ...], target, valid_mask) at one size, prediction without channel.
+
+  Raises:
+    ValueError: for an unknown `resize`.
+  """
+  prediction = _squeeze_channel(prediction)
+  target = tf.convert_to_tensor(target)
+  valid_mask = tf.convert_to_tensor(valid_mask)
+  if resize == "target":
+    size = tf.shape(prediction)[1:3]
+    target = tf.image.resize(target[..., None], size, method="nearest")[..., 0]
+    valid_mask = tf.image.resize(
+        tf.cast(valid_mask, tf.uint8)[..., None], size, method="nearest")[..., 0] > 0
+  elif resize == "prediction":
+    size = tf.shape(target)[1:3]
+    prediction = tf.image.resize(prediction[..., None], size, method="bilinear")[..., 0]
+  else:
+    raise ValueError(f"resize must be 'target' or 'prediction', got {resize!r}.")
+  return prediction, target, valid_mask
+
+
+def berhu_loss(prediction, target, valid_mask):
+  """Laina's reverse Huber loss, the mean over valid pixels.
+
+  With x = prediction - target: |x| where |x| <= c, (x^2 + c^2) / (2c) elsewhere, where
+  c = 0.2 x max |x| over the valid pixels of the batch (the per-replica batch under a
+  distribution strategy). c is a constant for the gradient (stop_gradient) and at least 1e-6,
+  so a perfect prediction gives loss 0 and finite gradients.
+
+  Args:
+    prediction: float [B, h, w, 1] or [B, h, w].
+    target: float [B, h, w], the same size (see `match_resolution`); invalid pixels may hold
+      any value, NaN included.
+    valid_mask: bool [B, h, w].
+
+  Returns:
+    Scalar float32 loss (0 when no pixel is valid).
+
+  Raises:
+    ValueError: if prediction and target sizes are statically known to differ.
+  """
+  prediction = tf.cast(_squeeze_channel(prediction), tf.float32)
+  target = tf.cast(target, tf.float32)
+  if (prediction.shape.is_fully_defined() and target.shape.is_fully_defined() and
+      prediction.shape != target.shape):
+    raise ValueError(f"berhu_loss: prediction {prediction.shape} and target {target.shape} "
+                     "differ in size; bring them together with match_resolution first.")
+  valid = tf.cast(valid_mask, tf.bool)
+  # Residuals of invalid pixels are zeroed (not just masked out) so NaN targets cannot leak.
+  residual = tf.where(valid, prediction - target, 0.0)
+  absolute = tf.abs(residual)
+  c = tf.stop_gradient(tf.maximum(BERHU_FRACTION * tf.reduce_max(absolute), 1e-6))
+  per_pixel = tf.where(absolute <= c, absolute, (tf.square(residual) + tf.square(c)) / (2 * c))
+  weights = tf.cast(valid, tf.float32)
+  return tf.reduce_sum(per_pixel * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def _random_offset(limit, seed):
+  return tf.random.uniform([], 0, limit + 1, dtype=tf.int32, seed=seed)
+
+
+def _op_seed(seed, offset):
+  # Distinct op seeds: in a graph, ops sharing one seed draw the same numbers.
+  return None if seed is None else seed + offset
+
+
+@gin.configurable("preprocess", module="nyu_depth", denylist=["example", "training"])
+def preprocess(example, training=True, crop_size=(240, 320), scale_range=(1.0, 1.5),
+               color_gain=0.2, seed=None):
+  """{'image': uint8 [H, W, 3], 'depth': float [H, W]} -> the evaluation's features.
+
+  Args:
+    example: a TFDS `nyu_depth_v2` example (depth in metres, float16 there); any H, W.
+    training: augment (scale, crop, flip, color) when True; only resize otherwise.
+    crop_size: (height, width) of the output, both multiples of 16.
+    scale_range: (low, high) of the uniform random scale when training; depths are divided by
+      the scale.
+    color_gain: each RGB channel is multiplied by a uniform gain in [1 - g, 1 + g] when
+      training (0: no color change).
+    seed: optional op seed.
+
+  Returns:
+    dict with 'nyu_depth/image' (float32 [h, w, 3], trunk input), 'nyu_depth/depth' (float32
+    [h, w], metres, 0 where invalid) and 'nyu_depth/valid' (bool [h, w]), (h, w) = crop_size.
+
+  Raises:
+    ValueError: if a side of crop_size is not a multiple of 16, or scale_range[0] < 1.
+  """
+  height, width = crop_size
+  if height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
+    raise ValueError(f"nyu_depth crop_size must be multiples of {OUTPUT_STRIDE}, got "
+                     f"{tuple(crop_size)} (gin: nyu_depth.preprocess.crop_size).")
+  if scale_range[0] < 1.0 or scale_range[1] < scale_range[0]:
+    raise ValueError(f"nyu_depth scale_range must satisfy 1 <= low <= high, got {scale_range} "
+                     "(a scale below 1 leaves nothing to crop).")
+  image = tf.cast(example["image"], tf.float32)
+  depth = tf.cast(example["depth"], tf.float32)
+  depth = tf.where(tf.math.is_finite(depth) & (depth > 0), depth, 0.0)
+  if training:
+    scale = tf.random.uniform([], scale_range[0], scale_range[1], seed=_op_seed(seed, 0))
+    size = tf.cast(tf.math.ceil(tf.constant([height, width], tf.float32) * scale), tf.int32)
+    size = tf.maximum(size, [height, width])
+    depth = depth / scale
+  else:
+    size = tf.constant([height, width], tf.int32)
+  image = tf.image.resize(image, size, method="bilinear", antialias=True)
+  depth = tf.image.resize(depth[..., None], size, method="nearest")[..., 0]
+  if training:
+    top = _random_offset(size[0] - height, _op_seed(seed, 1))
+    left = _random_offset(size[1] - width, _op_seed(seed, 2))
+    image = image[top:top + height, left:left + width]
+    depth = depth[top:top + height, left:left + width]
+    flip = tf.random.uniform([], seed=_op_seed(seed, 3)) < 0.5
+    image = tf.where(flip, image[:, ::-1], image)
+    depth = tf.where(flip, depth[:, ::-1], depth)
+    if color_gain:
+      gain = tf.random.uniform([3], 1.0 - color_gain, 1.0 + color_gain, seed=_op_seed(seed, 4))
+      image = image * gain
+  image = tf.ensure_shape(tf.clip_by_value(image, 0.0, input_convention.PIXEL_MAX),
+                          [height, width, 3])
+  depth = tf.ensure_shape(depth, [height, width])
+  return {
+      "nyu_depth/image": input_convention.to_trunk_input(image[None])[0],
+      "nyu_depth/depth": depth,
+      "nyu_depth/valid": depth > 0,
+  }
+
+
+class DepthMetricsAccumulator:
+  """Depth metrics over a whole split (numpy): `update` per batch, `result` at the end.
+
+  Pooled metrics count every valid pixel of the split once; the "_per_image" ones are the
+  mean over images (with at least one valid pixel) of each image's own metric. Per image:
+    delta{k}_pct  percent of valid pixels with max(d/d*, d*/d) < 1.25^k (k = 1 is the paper's);
+    abs_rel       mean |d - d*| / d*;
+    rmse          sqrt(mean (d - d*)^2)  (per image: the mean of the per-image RMSEs);
+    log10         mean |log10 d - log10 d*|;
+  with d the prediction clipped below at `MIN_DEPTH` and d* the target.
+  """
+
+  def __init__(self):
+    self._pixels = 0
+    self._images = 0
+    self._pixel_sums = dict.fromkeys(METRIC_NAMES, 0.0)  # rmse: the sum of squared errors.
+    self._image_sums = dict.fromkeys(METRIC_NAMES, 0.0)
+
+  def update(self, prediction, target, valid_mask):
+    """Adds a batch.
+
+    Args:
+      prediction: [B, h, w, 1] or [B, h, w]; upsampled bilinearly to the target's size if it
+        differs (`match_resolution(..., resize="prediction")`).
+      target: [B, H, W] depth; pixels count only where finite, > 0 and in valid_mask.
+      valid_mask: bool [B, H, W].
+    """
+    prediction = np.asarray(prediction, np.float64)
+    if prediction.ndim == 4:
+      prediction = prediction[..., 0]
+    target = np.asarray(target, np.float64)
+    if prediction.shape[1:3] != target.shape[1:3]:
+      prediction = match_resolution(
+          tf.constant(prediction, tf.float32), tf.constant(target, tf.float32),
+          tf.constant(np.asarray(valid_mask, bool)), resize="prediction")[0].numpy()
+      prediction = prediction.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+      valid = np.asarray(valid_mask, bool) & np.isfinite(target) & (target > 0)
+    safe_target = np.where(valid, target, 1.0)
+    predicted = np.maximum(np.where(valid, prediction, 1.0), MIN_DEPTH)
+    ratio = np.maximum(predicted / safe_target, safe_target / predicted)
+    error = predicted - safe_target
+    per_pixel = {
+        "abs_rel": np.abs(error) / safe_target,
+        "rmse": np.square(error),
+        "log10": np.abs(np.log10(predicted) - np.log10(safe_target)),
+    }
+    for k in (1, 2, 3):
+      per_pixel[f"delta{k}_pct"] = 100.0 * (ratio < DELTA_BASE**k)
+    weights = valid.reshape(valid.shape[0], -1).astype(np.float64)
+    counts = weights.sum(axis=1)
+    has_pixels = counts > 0
+    self._pixels += int(counts.sum())
+    self._images += int(has_pixels.sum())
+    for name in METRIC_NAMES:
+      sums = (per_pixel[name].reshape(weights.shape) * weights).sum(axis=1)
+      self._pixel_sums[name] += float(sums.sum())
+      means = sums[has_pixels] / counts[has_pixels]
+      if name == "rmse":
+        means = np.sqrt(means)
+      self._image_sums[name] += float(means.sum())
+
+  def result(self):
+    """Dict of the pooled metrics, their "_per_image" means, 'num_pixels' and 'num_images'.
+
+    Metrics are NaN before any valid pixel has been seen.
+    """
+    results = {"num_pixels": self._pixels, "num_images": self._images}
+    for name in METRIC_NAMES:
+      pooled = self._pixel_sums[name] / self._pixels if self._pixels else float("nan")
+      results[name] = float(np.sqrt(pooled)) if name == "rmse" else pooled
+      results[f"{name}_per_image"] = (
+          self._image_sums[name] / self._images if self._images else float("nan"))
+    return results
+
+
+def depth_metrics(prediction, target, valid_mask):
+  """The `DepthMetricsAccumulator` metrics of one batch (see there for shapes and keys)."""
+  accumulator = DepthMetricsAccumulator()
+  accumulator.update(prediction, target, valid_mask)
+  return accumulator.result()

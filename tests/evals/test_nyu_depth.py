@@ -1,0 +1,258 @@
+"""Tests of the NYU depth evaluation: unpooling, decoder, berHu, metrics and input."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mtssl_tf import input_convention
+from mtssl_tf import trunk as trunk_lib
+from mtssl_tf.evals import nyu_depth
+
+
+def test_unpooling_puts_each_value_top_left_of_its_block():
+  inputs = tf.constant([[1.0, 2.0], [3.0, 4.0]])[None, ..., None]
+  np.testing.assert_array_equal(
+      nyu_depth.unpool(inputs)[0, ..., 0].numpy(),
+      [[1, 0, 2, 0], [0, 0, 0, 0], [3, 0, 4, 0], [0, 0, 0, 0]])
+  values = np.random.RandomState(0).randn(2, 3, 5, 4).astype(np.float32)
+  expected = np.zeros([2, 6, 10, 4], np.float32)
+  expected[:, ::2, ::2] = values
+  out = tf.function(nyu_depth.unpool)(tf.constant(values))
+  np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_up_projection_shape_and_parameter_count():
+  block = nyu_depth.UpProjection(8)
+  out = block(tf.random.normal([2, 3, 5, 16]), training=True)
+  assert out.shape == (2, 6, 10, 8)
+  assert np.all(out.numpy() >= 0)  # ReLU after the sum.
+  # conv1 5x5 16->8, conv2 3x3 8->8, projection 5x5 16->8, no biases; 3 BNs of 4 x 8.
+  assert trunk_lib.count_parameters(block.variables) == 25 * 16 * 8 * 2 + 9 * 8 * 8 + 3 * 4 * 8
+
+
+def test_up_projection_matches_its_definition():
+  block = nyu_depth.UpProjection(3)
+  inputs = tf.random.normal([1, 2, 2, 2], seed=1)
+  out = block(inputs, training=False)
+  net = nyu_depth.unpool(inputs)
+  bn = lambda layer, x: (x - layer.moving_mean) / tf.sqrt(layer.moving_variance + 1e-5) * (
+      layer.gamma) + layer.beta
+  main = bn(block.bn2, block.conv2(tf.nn.relu(bn(block.bn1, block.conv1(net)))))
+  expected = tf.nn.relu(main + bn(block.projection_bn, block.projection(net)))
+  np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trunk_and_decoder():
+  return trunk_lib.Trunk(depth=26), nyu_depth.DepthDecoder()
+
+
+def test_decoder_gives_half_resolution_depth(trunk_and_decoder):
+  trunk, decoder = trunk_and_decoder
+  images = input_convention.to_trunk_input(tf.zeros([2, 64, 96, 3], tf.uint8))
+  block3 = trunk(images, training=False, output_stride=16)["block3"]
+  assert block3.shape == (2, 4, 6, 1024)
+  assert decoder(block3, training=False).shape == (2, 32, 48, 1)
+  assert [b.filters for b in decoder.up_projections] == [512, 256, 128]
+
+
+def test_gradients_flow_from_berhu_through_decoder_and_trunk(trunk_and_decoder):
+  trunk, decoder = trunk_and_decoder
+  rng = np.random.RandomState(0)
+  images = input_convention.to_trunk_input(rng.randint(0, 256, [2, 64, 96, 3]).astype(np.uint8))
+  target = rng.uniform(1, 5, [2, 64, 96]).astype(np.float32)
+  valid = rng.rand(2, 64, 96) > 0.2
+  with tf.GradientTape() as tape:
+    block3 = trunk(images, training=True, output_stride=16)["block3"]
+    prediction = decoder(block3, training=True)
+    loss = nyu_depth.berhu_loss(*nyu_depth.match_resolution(prediction, target, valid))
+  variables = decoder.trainable_variables + trunk.trainable_variables
+  grads = tape.gradient(loss, variables)
+  assert np.isfinite(loss.numpy()) and loss.numpy() > 0
+  for var, grad in zip(variables, grads):
+    assert grad is not None, var.name
+    assert np.all(np.isfinite(grad.numpy())), var.name
+  assert all(np.any(g.numpy() != 0) for g in grads[:len(decoder.trainable_variables)])
+
+
+def test_berhu_on_hand_computed_residuals():
+  # Valid residuals 0.1, -0.5, 1.0 -> c = 0.2; the invalid 10.0 (and the NaN) must not count.
+  prediction = tf.Variable([[[1.1, 1.5, 4.0, 12.0, 3.0]]])
+  target = tf.constant([[[1.0, 2.0, 3.0, 2.0, np.nan]]])
+  valid = tf.constant([[[True, True, True, False, False]]])
+  with tf.GradientTape() as tape:
+    loss = nyu_depth.berhu_loss(prediction, target, valid)
+  # 0.1 <= c: |x|; 0.5: (0.25 + 0.04) / 0.4 = 0.725; 1.0: (1 + 0.04) / 0.4 = 2.6.
+  np.testing.assert_allclose(loss.numpy(), (0.1 + 0.725 + 2.6) / 3, rtol=1e-6)
+  # d/dx: sign(x) below c, x / c above (c held constant), each over the 3 valid pixels.
+  np.testing.assert_allclose(tape.gradient(loss, prediction).numpy(),
+                             [[[1 / 3, -0.5 / 0.2 / 3, 1.0 / 0.2 / 3, 0, 0]]], rtol=1e-5)
+  # At |x| = c both branches agree; the channel axis is optional.
+  np.testing.assert_allclose(
+      nyu_depth.berhu_loss(tf.constant([[[[0.2], [1.0]]]]), [[[0.0, 0.0]]],
+                           [[[True, True]]]).numpy(), (0.2 + 2.6) / 2, rtol=1e-6)
+
+
+def test_berhu_of_a_perfect_or_empty_prediction_is_zero():
+  prediction = tf.Variable(tf.ones([1, 2, 2]))
+  with tf.GradientTape() as tape:
+    loss = nyu_depth.berhu_loss(prediction, tf.ones([1, 2, 2]), tf.ones([1, 2, 2], tf.bool))
+  assert loss.numpy() == 0.0
+  np.testing.assert_array_equal(tape.gradient(loss, prediction).numpy(), np.zeros([1, 2, 2]))
+  assert nyu_depth.berhu_loss(tf.ones([1, 2, 2]), tf.zeros([1, 2, 2]),
+                              tf.zeros([1, 2, 2], tf.bool)).numpy() == 0.0
+  with pytest.raises(ValueError, match="match_resolution"):
+    nyu_depth.berhu_loss(tf.ones([1, 2, 2, 1]), tf.ones([1, 4, 4]), tf.ones([1, 4, 4], tf.bool))
+
+
+def test_match_resolution_both_ways():
+  target = np.arange(32, dtype=np.float32).reshape([1, 4, 8])
+  valid = target % 3 != 0
+  prediction = tf.ones([1, 2, 4, 1])
+  pred, small_target, small_valid = nyu_depth.match_resolution(prediction, target, valid)
+  assert pred.shape == (1, 2, 4)
+  # A 2x reduction by nearest neighbour keeps pixel (2i+1, 2j+1) (half-pixel centres).
+  np.testing.assert_array_equal(small_target.numpy(), target[:, 1::2, 1::2])
+  np.testing.assert_array_equal(small_valid.numpy(), valid[:, 1::2, 1::2])
+  pred, same_target, same_valid = nyu_depth.match_resolution(
+      tf.fill([1, 2, 4, 1], 3.0), target, valid, resize="prediction")
+  np.testing.assert_allclose(pred.numpy(), np.full([1, 4, 8], 3.0))
+  np.testing.assert_array_equal(same_target.numpy(), target)
+  np.testing.assert_array_equal(same_valid.numpy(), valid)
+  with pytest.raises(ValueError, match="resize"):
+    nyu_depth.match_resolution(prediction, target, valid, resize="both")
+
+
+def _two_images():
+  # Image A: ratios 1, 2 (the last two pixels invalid: target 0 and NaN).
+  # Image B: ratios 1.2, 1.5, 2, 1.
+  target = np.array([[[2.0, 1.0, 0.0, np.nan]], [[1.0, 1.0, 1.0, 10.0]]])
+  prediction = np.array([[[2.0, 2.0, 7.0, 7.0]], [[1.2, 1.5, 0.5, 10.0]]])
+  return prediction, target, np.ones([2, 1, 4], bool)
+
+
+def test_metrics_pooled_and_per_image_on_hand_computed_values():
+  results = nyu_depth.depth_metrics(*_two_images())
+  log2, log12, log15 = math.log10(2), math.log10(1.2), math.log10(1.5)
+  expected = {
+      "delta1_pct": 100 * 3 / 6, "delta1_pct_per_image": (50 + 50) / 2,
+      "delta2_pct": 100 * 4 / 6, "delta2_pct_per_image": (50 + 75) / 2,
+      "delta3_pct": 100 * 4 / 6, "delta3_pct_per_image": (50 + 75) / 2,
+      "abs_rel": (0 + 1 + 0.2 + 0.5 + 0.5 + 0) / 6, "abs_rel_per_image": (0.5 + 0.3) / 2,
+      "rmse": math.sqrt((0 + 1 + 0.04 + 0.25 + 0.25 + 0) / 6),
+      "rmse_per_image": (math.sqrt(0.5) + math.sqrt(0.135)) / 2,
+      "log10": (log2 + log12 + log15 + log2) / 6,
+      "log10_per_image": (log2 / 2 + (log12 + log15 + log2) / 4) / 2,
+  }
+  for name, value in expected.items():
+    assert results[name] == pytest.approx(value, rel=1e-12), name
+  assert results["num_pixels"] == 6 and results["num_images"] == 2
+
+
+def test_accumulator_pools_over_batches_and_skips_empty_images():
+  prediction, target, valid = _two_images()
+  accumulator = nyu_depth.DepthMetricsAccumulator()
+  accumulator.update(prediction[:1, ..., None], target[:1], valid[:1])
+  accumulator.update(prediction[1:], target[1:], valid[1:])
+  accumulator.update(prediction[1:], target[1:], np.zeros_like(valid[1:]))  # no valid pixel
+  assert accumulator.result() == pytest.approx(nyu_depth.depth_metrics(prediction, target, valid))
+  assert np.isnan(nyu_depth.DepthMetricsAccumulator().result()["rmse"])
+
+
+def test_metrics_clip_predictions_and_upsample_them():
+  results = nyu_depth.depth_metrics(np.array([[[-1.0, 0.0]]]), np.array([[[1.0, 1.0]]]),
+                                    np.ones([1, 1, 2], bool))
+  # Both predictions become MIN_DEPTH = 1e-3: ratio 1000, log10 error 3.
+  assert results["delta3_pct"] == 0.0
+  assert results["abs_rel"] == pytest.approx(0.999)
+  assert results["log10"] == pytest.approx(3.0)
+  # A half-resolution constant prediction is upsampled to the target's 4x4.
+  results = nyu_depth.depth_metrics(np.full([1, 2, 2, 1], 2.0), np.full([1, 4, 4], 2.5),
+                                    np.ones([1, 4, 4], bool))
+  assert results["num_pixels"] == 16 and results["abs_rel"] == pytest.approx(0.2)
+
+
+def _coded_example(height=480, width=640):
+  """A frame whose red channel codes the column and whose depth is 1 + 4 x that code."""
+  code = np.tile(np.linspace(0.0, 1.0, width)[None], [height, 1])
+  image = np.stack([code * 255, np.full_like(code, 128), np.full_like(code, 64)], -1)
+  depth = (1 + 4 * code).astype(np.float16)
+  depth[:10] = 0  # an invalid band at the top
+  depth[-1, -1] = np.nan
+  return {"image": np.round(image).astype(np.uint8), "depth": depth}
+
+
+def _decode(features):
+  image = input_convention.from_trunk_input(features["nyu_depth/image"]).numpy()
+  return image, features["nyu_depth/depth"].numpy(), features["nyu_depth/valid"].numpy()
+
+
+def test_evaluation_input_is_the_resized_frame():
+  example = _coded_example()
+  image, depth, valid = _decode(nyu_depth.preprocess(example, training=False))
+  assert image.shape == (240, 320, 3) and depth.shape == (240, 320) and valid.dtype == bool
+  expected = np.nan_to_num(example["depth"][1::2, 1::2].astype(np.float32))
+  np.testing.assert_array_equal(depth, expected)
+  np.testing.assert_array_equal(valid, expected > 0)
+  np.testing.assert_allclose(image[..., 1:], np.broadcast_to([128, 64], [240, 320, 2]), atol=0.5)
+
+
+def _check_aligned(features, scale):
+  image, depth, valid = _decode(features)
+  assert image.shape == (240, 320, 3) and depth.shape == (240, 320)
+  np.testing.assert_array_equal(valid, depth > 0)
+  # Depth divided by the scale, and still where the image says (flipped together or not).
+  np.testing.assert_allclose(depth[valid] * scale, 1 + 4 * image[..., 0][valid] / 255, atol=0.03)
+  return image[0, -1, 0] > image[0, 0, 0]  # not flipped
+
+
+def test_training_augmentation_keeps_depth_aligned_eagerly_and_in_tf_data():
+  tf.random.set_seed(0)
+  example = _coded_example()
+  orientations = {
+      _check_aligned(nyu_depth.preprocess(example, scale_range=(1.5, 1.5), color_gain=0), 1.5)
+      for _ in range(6)
+  }
+  ds = tf.data.Dataset.from_tensors(example).repeat(6).map(
+      lambda ex: nyu_depth.preprocess(ex, scale_range=(1.25, 1.25), color_gain=0))
+  orientations |= {_check_aligned(features, 1.25) for features in ds}
+  assert orientations == {True, False}
+
+
+def test_default_training_input_scales_depth_and_jitters_color_only():
+  tf.random.set_seed(1)
+  example = {"image": np.full([101, 157, 3], 100, np.uint8),
+             "depth": np.full([101, 157], 3.0, np.float16)}  # odd-sized
+  ds = tf.data.Dataset.from_tensors(example).repeat(8).map(nyu_depth.preprocess)
+  scales = []
+  for features in ds:
+    image, depth, valid = _decode(features)
+    assert image.shape == (240, 320, 3) and valid.all()
+    assert np.ptp(depth) == 0 and 2.0 - 1e-6 <= depth[0, 0] <= 3.0 + 1e-6
+    scales.append(3.0 / depth[0, 0])
+    gains = image[0, 0] / 100
+    assert np.all((gains > 0.8 - 1e-4) & (gains < 1.2 + 1e-4))
+    np.testing.assert_allclose(image, np.broadcast_to(image[0, 0], image.shape), atol=1e-3)
+  assert np.ptp(scales) > 0.05
+  assert _decode(nyu_depth.preprocess(example, training=False))[1].shape == (240, 320)
+
+
+def test_crop_size_must_be_a_multiple_of_16():
+  with pytest.raises(ValueError, match="multiples of 16"):
+    nyu_depth.preprocess(_coded_example(64, 64), crop_size=(40, 48))
+  with pytest.raises(ValueError, match="scale_range"):
+    nyu_depth.preprocess(_coded_example(64, 64), crop_size=(32, 48), scale_range=(0.5, 1.0))
+
+
+def test_preprocess_on_mock_tfds_nyu_depth_v2():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = tfds.load("nyu_depth_v2", split="train")
+    features = next(iter(ds.map(lambda ex: nyu_depth.preprocess(ex, training=True)).batch(2)))
+  assert features["nyu_depth/image"].shape == (2, 240, 320, 3)
+  assert features["nyu_depth/image"].dtype == tf.float32
+  assert features["nyu_depth/depth"].shape == (2, 240, 320)
+  assert features["nyu_depth/depth"].dtype == tf.float32
+  assert features["nyu_depth/valid"].dtype == tf.bool
