@@ -2,5 +2,6 @@
 
 from mtssl_tf.evals import base
 from mtssl_tf.evals import imagenet_linear
+from mtssl_tf.evals import nyu_depth
 
-__all__ = ["base", "imagenet_linear"]
+__all__ = ["base", "imagenet_linear", "nyu_depth"]

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import input_convention
+from mtssl_tf.evals import base
 
 # The trunk's output stride for this evaluation, and the decoder's total upsampling.
 OUTPUT_STRIDE = 16
@@ -388,3 +389,139 @@ def depth_metrics(prediction, target, valid_mask):
   accumulator = DepthMetricsAccumulator()
   accumulator.update(prediction, target, valid_mask)
   return accumulator.result()
+
+
+def toy_depth_scenes(num_scenes=32, size=(96, 128), seed=0):
+  """Toy scenes with depth, for the demo and tests: what the image shows says how far it is.
+
+  A floor whose depth grows from the bottom row (1.5 m) to the horizon (8 m), under a far wall
+  (8 m), with 1-3 upright boxes standing on the floor at their own depth (1.5-6 m). Every
+  surface carries the toy images' texture (mtssl_tf/data/toy.py), shrunk with distance (a far
+  surface's texture is finer), and shading darkens with depth, so monocular cues exist.
+
+  Returns:
+    dict of numpy arrays {"image": uint8 [N, H, W, 3], "depth": float32 [N, H, W]} (meters).
+  """
+  from mtssl_tf.data import toy  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  height, width = size
+  textures = toy.make_toy_images(num_scenes + 4, (2 * height, 2 * width), seed + 1)
+  images = np.zeros([num_scenes, height, width, 3], np.uint8)
+  depths = np.zeros([num_scenes, height, width], np.float32)
+  rows = np.arange(height, dtype=np.float32)[:, None]
+  for n in range(num_scenes):
+    horizon = int(height * rng.uniform(0.3, 0.5))
+    # Floor depth ~ 1 / (row - horizon): a plane seen by a level camera.
+    floor = 1.5 * (height - horizon) / np.maximum(rows - horizon, 1e-3)
+    depth = np.where(rows > horizon, np.minimum(floor, 8.0), 8.0) * np.ones([1, width])
+    for _ in range(rng.randint(1, 4)):
+      box_depth = rng.uniform(1.5, 6.0)
+      # The box stands on the floor: its base row is where the floor has its depth.
+      base = int(min(height - 1, horizon + 1.5 * (height - horizon) / box_depth))
+      box_height = int(rng.uniform(0.2, 0.5) * height * 2.0 / box_depth) + 4
+      box_width = int(rng.uniform(0.1, 0.3) * width * 2.0 / box_depth) + 4
+      left = rng.randint(0, max(1, width - box_width))
+      top = max(0, base - box_height)
+      region = (slice(top, base), slice(left, left + box_width))
+      depth[region] = np.minimum(depth[region], box_depth)
+    texture = textures[n].astype(np.float32)
+    # Texture scale shrinks with depth: sample the texture at coordinates scaled by 2 / depth.
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    scale = 2.0 / depth
+    ty = np.clip((ys * scale) % (2 * height), 0, 2 * height - 1).astype(int)
+    tx = np.clip((xs * scale) % (2 * width), 0, 2 * width - 1).astype(int)
+    shade = np.clip(1.2 - depth / 10.0, 0.3, 1.0)[..., None]
+    images[n] = np.clip(texture[ty, tx] * shade, 0, 255).astype(np.uint8)
+    depths[n] = depth
+  return {"image": images, "depth": depths}
+
+
+class _Metrics(base.MetricsAccumulator):
+  """`DepthMetricsAccumulator` over the evaluation's feature and prediction dicts."""
+
+  def __init__(self):
+    self.accumulator = DepthMetricsAccumulator()
+
+  def update(self, features, predictions):
+    self.accumulator.update(predictions["nyu_depth/depth"], features["nyu_depth/depth"],
+                            features["nyu_depth/valid"])
+
+  def result(self):
+    result = dict(self.accumulator.result())
+    result["pooling"] = ("main figures pool every valid pixel of the test set; *_per_image "
+                         "are means over images of per-image values")
+    return result
+
+
+@base.register("nyu_depth")
+@gin.configurable("nyu_depth")
+class NyuDepth(base.Evaluation):
+  """Laina's up-projection decoder on block 3 (stride 16), berHu loss; trunk fine-tuned."""
+
+  output_stride = OUTPUT_STRIDE
+  fine_tunes_trunk = True
+
+  def __init__(self, trunk, dataset="nyu_depth_v2", train_split="train",
+               eval_split="validation", batch_size=8, crop_size=(240, 320),
+               shuffle_buffer=256):
+    """Creates the decoder.
+
+    Args:
+      trunk: the trunk (fine-tuned with the decoder).
+      dataset: "nyu_depth_v2" (TFDS) or "toy" (`toy_depth_scenes`).
+      train_split, eval_split: TFDS splits (TFDS's NYU has "train" and "validation", the
+        latter the 654 test images of the standard split).
+      batch_size: global batch size.
+      crop_size: (height, width), multiples of 16.
+      shuffle_buffer: training examples in the shuffle buffer.
+    """
+    super().__init__(trunk)
+    self.dataset = dataset
+    self.train_split = train_split
+    self.eval_split = eval_split
+    self.batch_size = batch_size
+    self.crop_size = tuple(crop_size)
+    self.shuffle_buffer = shuffle_buffer
+    self.decoder = DepthDecoder()
+
+  def _source(self, input_context, split):
+    if self.dataset == "toy":
+      data = toy_depth_scenes(seed=0 if split == self.train_split else 1)
+      dataset = tf.data.Dataset.from_tensor_slices(data)
+      if input_context is not None:
+        dataset = dataset.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+      return dataset
+    dataset, _ = base.tfds_split(self.dataset, split, input_context=input_context,
+                                 shuffle_files=split == self.train_split)
+    return dataset
+
+  def input_fn(self, input_context=None, split="train"):
+    training = split == "train"
+    dataset = self._source(input_context, self.train_split if training else self.eval_split)
+    dataset = dataset.map(lambda ex: preprocess(ex, training, crop_size=self.crop_size),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+      dataset = dataset.repeat().shuffle(self.shuffle_buffer)
+    batch = self.per_replica_batch(input_context)
+    return dataset.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+  def model_fn(self, features, mode):
+    training = mode == base.Mode.TRAIN
+    block3 = self.representation(features["nyu_depth/image"], training)
+    prediction = self.decoder(block3, training=training)
+    predictions = {"nyu_depth/depth": prediction}
+    if mode == base.Mode.PREDICT:
+      return base.Spec(predictions=predictions)
+    small, target, valid = match_resolution(prediction, features["nyu_depth/depth"],
+                                            features["nyu_depth/valid"], resize="target")
+    loss = berhu_loss(small, target, valid)
+    ratio = tf.maximum(tf.maximum(small, MIN_DEPTH) / tf.maximum(target, MIN_DEPTH),
+                       tf.maximum(target, MIN_DEPTH) / tf.maximum(small, MIN_DEPTH))
+    within = tf.cast(valid, tf.float32) * tf.cast(ratio < DELTA_BASE, tf.float32)
+    delta1 = 100.0 * tf.reduce_sum(within) / tf.maximum(
+        tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
+    return base.Spec(loss=loss, predictions=predictions, metrics={"delta1_pct": delta1})
+
+  def metrics_accumulator(self):
+    return _Metrics()

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
@@ -247,7 +248,6 @@ def test_crop_size_must_be_a_multiple_of_16():
 
 
 def test_preprocess_on_mock_tfds_nyu_depth_v2():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
     ds = tfds.load("nyu_depth_v2", split="train")
     features = next(iter(ds.map(lambda ex: nyu_depth.preprocess(ex, training=True)).batch(2)))
@@ -256,3 +256,33 @@ def test_preprocess_on_mock_tfds_nyu_depth_v2():
   assert features["nyu_depth/depth"].shape == (2, 240, 320)
   assert features["nyu_depth/depth"].dtype == tf.float32
   assert features["nyu_depth/valid"].dtype == tf.bool
+
+
+def test_toy_depth_scenes_are_consistent():
+  scenes = nyu_depth.toy_depth_scenes(num_scenes=4, size=(48, 64), seed=3)
+  assert scenes["image"].shape == (4, 48, 64, 3) and scenes["depth"].shape == (4, 48, 64)
+  depth = scenes["depth"]
+  assert depth.min() >= 1.5 - 1e-6 and depth.max() <= 8.0
+  # The bottom row is nearer than the top row (floor below, far wall above).
+  assert (depth[:, -1].mean(axis=1) < depth[:, 0].mean(axis=1)).all()
+
+
+def test_evaluation_end_to_end_on_mock_nyu(tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+  from mtssl_tf import evaluation  # pylint: disable=g-import-not-at-top
+  from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  common.parse_gin([], ["Trunk.depth = 26", "nyu_depth.batch_size = 2",
+                        "nyu_depth.crop_size = (64, 96)", "nyu_depth.shuffle_buffer = 4",
+                        "nyu_depth/EvalSettings.train_steps = 2",
+                        "DepthDecoder.filters = (32, 16, 8)"])
+  try:
+    with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+      results = evaluation.evaluate("nyu_depth", str(tmp_path), init="random")
+  finally:
+    gin.clear_config()
+  metrics = results["metrics"]
+  assert results["trunk"] == {"depth": 26, "output_stride": 16, "fine_tuned": True}
+  assert metrics["num_images"] == 3
+  assert 0.0 <= metrics["delta1_pct"] <= 100.0 and metrics["rmse"] > 0
+  assert "pool every valid pixel" in metrics["pooling"]
