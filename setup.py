@@ -27,6 +27,7 @@ setuptools.setup(
             "mtssl-export = mtssl_tf.bin.export:run",
             "mtssl-demo = mtssl_tf.bin.demo:run",
             "mtssl-train = mtssl_tf.bin.train:run",
+            "mtssl-evaluate = mtssl_tf.bin.evaluate:run",
         ],
     },
 )

@@ -132,3 +132,17 @@ def test_clear_errors(tmp_path):
     evaluation.evaluate("imagenet_linear", str(tmp_path), init="random")
   with pytest.raises(ValueError, match="--init must be one of"):
     evaluation.evaluate("imagenet_linear", str(tmp_path), init="imagenet")
+
+
+def test_the_binary_evaluates_a_random_trunk(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  command = [sys.executable, "-m", "mtssl_tf.bin.evaluate", "--eval=imagenet_linear",
+             "--init=random", f"--output_dir={tmp_path}"] + [
+                 f"--gin_param={b}" for b in SMALL + ["imagenet_linear.dataset = 'toy'"]]
+  result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "imagenet_linear-random.json") as f:
+    assert json.load(f)["init"] == "random"

@@ -1,0 +1,61 @@
+"""mtssl-evaluate: transfers a pretrained trunk to an evaluation (paper section 5).
+
+  mtssl-evaluate --eval=imagenet_linear --checkpoint=/runs/rp --output_dir=/results/rp
+  mtssl-evaluate --eval=nyu_depth --checkpoint_dir=/runs/rp --output_dir=/results/rp \
+      --stop_after_idle_secs=7200          # every checkpoint as it appears (Figure 3)
+  mtssl-evaluate --eval=nyu_depth --init=random --output_dir=/results/random
+  mtssl-evaluate --eval=imagenet_linear --checkpoint=/data/resnet_v2_101.ckpt ...  # ImageNet
+
+Writes <output_dir>/<eval>-<checkpoint>.json (metrics, checkpoint, pretraining step and
+compute, settings) and TensorBoard summaries under <output_dir>/tensorboard/. Settings are gin:
+`<eval>.*` (data, batch, sizes) and `<eval>/EvalSettings.*` (steps, learning rate).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mtssl_tf import evaluation
+from mtssl_tf.bin import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("eval", None, "imagenet_linear, nyu_depth (voc_detection: not yet).")
+flags.DEFINE_string("checkpoint", None, "A checkpoint prefix, or a directory (its latest).")
+flags.DEFINE_string("checkpoint_dir", None, "Evaluate every checkpoint of this pretraining "
+                    "directory not yet evaluated, as they appear.")
+flags.DEFINE_enum("init", "checkpoint", list(evaluation.INITS),
+                  "'random' evaluates a randomly initialized trunk (the baseline).")
+flags.DEFINE_string("output_dir", None, "Where results and summaries go.")
+flags.DEFINE_bool("eval_lasso", False, "The head reads a lasso combination of block 3's units.")
+flags.DEFINE_float("poll_secs", 60.0, "With --checkpoint_dir: seconds between looks.")
+flags.DEFINE_float("stop_after_idle_secs", 0.0, "With --checkpoint_dir: stop when no new "
+                   "checkpoint came for this long (0: when all present ones are done).")
+common.define_gin_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS.eval or not FLAGS.output_dir:
+    raise app.UsageError("--eval and --output_dir are required.")
+  if FLAGS.checkpoint and FLAGS.checkpoint_dir:
+    raise app.UsageError("Give --checkpoint or --checkpoint_dir, not both.")
+  common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  if FLAGS.checkpoint_dir:
+    done = evaluation.evaluate_directory(
+        FLAGS.eval, FLAGS.checkpoint_dir, FLAGS.output_dir, poll_secs=FLAGS.poll_secs,
+        stop_after_idle_secs=FLAGS.stop_after_idle_secs, use_lasso=FLAGS.eval_lasso)
+    logging.info("Evaluated %d checkpoints.", len(done))
+    return 0
+  results = evaluation.evaluate(FLAGS.eval, FLAGS.output_dir, checkpoint=FLAGS.checkpoint,
+                                init=FLAGS.init, use_lasso=FLAGS.eval_lasso)
+  logging.info("%s: %s", FLAGS.eval, results["metrics"])
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
