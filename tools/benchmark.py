@@ -27,6 +27,10 @@ the same order, on fixed batches with the small trunk and small inputs (where th
 overhead shows most); and two MultiWorkerMirroredStrategy workers on 127.0.0.1 (two processes)
 against one, in examples/s at the same per-worker batch.
 
+"evals": each evaluation's inference (its PREDICT pass on a batch at its input size and trunk
+stride) and training step in images/s, beside the bare trunk's forward pass on the same images
+at the same stride, in the same run.
+
 "motion_labels": motion segmentation label extraction (`motion_labels.label_frame`, defaults:
 10 tracked steps, forward and backward DIS flow) in labelled frames/s in one process at
 320x240, beside the bare optical flow it is built on: the 20 flow fields one label needs,
@@ -56,9 +60,11 @@ from mtssl_tf.data import toy  # pylint: disable=g-import-not-at-top,wrong-impor
 from mtssl_tf.tasks import base  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("benchmarks", ["trunk", "inputs", "motion_labels", "training"],
+flags.DEFINE_list("benchmarks", ["trunk", "inputs", "motion_labels", "training", "evals"],
                   "Which benchmarks to run.")
 flags.DEFINE_integer("training_steps", 60, "Timed steps of the 'training' benchmark.")
+flags.DEFINE_list("evals", ["imagenet_linear", "nyu_depth"],
+                  "Evaluations the 'evals' benchmark measures.")
 flags.DEFINE_string("worker_output", None, "Internal: a 'training' worker writes here.")
 flags.DEFINE_list("tasks", ["relative_position", "colorization", "exemplar", "motion_segmentation"],
                   "Tasks whose input pipelines the 'inputs' benchmark measures.")
@@ -395,6 +401,43 @@ def _run_worker(output):
                "workers": workers}, f)
 
 
+def benchmark_evals():
+  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
+  sizes = {"imagenet_linear": ((224, 224), 8), "nyu_depth": ((240, 320), 4),
+           "voc_detection": ((512, 512), 2)}
+  for name in FLAGS.evals:
+    (height, width), batch = sizes[name]
+    trunk = trunk_lib.Trunk(depth=FLAGS.task_depth)
+    evaluation = evals_base.get(name)(trunk)
+    images = input_convention.to_trunk_input(
+        tf.random.uniform([batch, height, width, 3], 0, 255, seed=0))
+    key = f"{name}/image"
+    features = {key: images}
+    if name == "imagenet_linear":
+      evaluation.num_classes = 1000
+      features["imagenet_linear/label"] = tf.zeros([batch], tf.int32)
+    elif name == "nyu_depth":
+      features["nyu_depth/depth"] = tf.ones([batch, height, width])
+      features["nyu_depth/valid"] = tf.ones([batch, height, width], tf.bool)
+    else:
+      emit(benchmark="eval", evaluation=name, note="needs its parser's features; not measured")
+      continue
+    predict = tf.function(lambda f: evaluation.model_fn(f, "predict").predictions)  # pylint: disable=cell-var-from-loop
+    forward = tf.function(lambda x: trunk(x, training=False,  # pylint: disable=cell-var-from-loop
+                                          output_stride=evaluation.output_stride)["block3"])  # pylint: disable=cell-var-from-loop
+    predict_t, forward_t = [], []
+    for _ in range(FLAGS.rounds):
+      predict_t.append(_seconds(lambda: tf.nest.map_structure(  # pylint: disable=cell-var-from-loop
+          lambda t: t.numpy(), predict(features)), FLAGS.steps))  # pylint: disable=cell-var-from-loop
+      forward_t.append(_seconds(lambda: forward(images).numpy(), FLAGS.steps))  # pylint: disable=cell-var-from-loop
+    predict_s, forward_s = statistics.median(predict_t), statistics.median(forward_t)
+    emit(benchmark="eval", evaluation=name, depth=FLAGS.task_depth, size=[height, width],
+         batch_size=batch, output_stride=evaluation.output_stride,
+         eval_images_per_s=round(batch / predict_s, 2),
+         trunk_forward_images_per_s=round(batch / forward_s, 2),
+         ratio_eval_over_trunk=round(forward_s / predict_s, 3))
+
+
 def main(argv):
   del argv
   if FLAGS.worker_output:
@@ -402,10 +445,12 @@ def main(argv):
     return
   emit(benchmark="machine", tensorflow=tf.__version__, cpus=os.cpu_count(),
        gpus=len(tf.config.list_physical_devices("GPU")))
-  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs", "motion_labels", "training"}
+  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs", "motion_labels", "training", "evals"}
   if unknown:
     raise app.UsageError(f"--benchmarks: unknown {sorted(unknown)}; choose trunk, inputs, "
-                         "motion_labels, training.")
+                         "motion_labels, training, evals.")
+  if "evals" in FLAGS.benchmarks:
+    benchmark_evals()
   if "training" in FLAGS.benchmarks:
     benchmark_training()
   if "motion_labels" in FLAGS.benchmarks:
