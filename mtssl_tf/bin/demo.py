@@ -3,9 +3,10 @@
 Pretrains the small trunk on all four pretext tasks together (gin/experiments/demo.gin: toy
 images for relative position, colorization and exemplar, toy videos for motion segmentation)
 with the multi-task loop that `mtssl-train` runs, then exports the trunk as a SavedModel with
-the code of `mtssl-export`, reloads it and checks it against the trained trunk. It prints what
-it ran, each task's loss at the start and at the end, and where everything was written. About
-three minutes on 2 CPU cores.
+the code of `mtssl-export`, reloads it and checks it against the trained trunk, and finally
+runs the evaluations at toy scale (`mtssl-evaluate`'s code) on the pretrained trunk and on a
+random one and prints them side by side. It prints what it ran, each task's loss at the start
+and at the end, and where everything was written. About ten minutes on 2 CPU cores.
 """
 
 import os
@@ -18,6 +19,7 @@ from absl import flags
 from absl import logging
 import tensorflow as tf
 
+from mtssl_tf import evaluation
 from mtssl_tf import export as export_lib
 from mtssl_tf import input_convention
 from mtssl_tf import training
@@ -29,6 +31,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where to write the run and the export (default: a new "
                     "temporary directory).")
 flags.DEFINE_integer("num_steps", 800, "Global training steps (all tasks together).")
+flags.DEFINE_list("evals", None, "Evaluations to run after pretraining (default: every "
+                  "registered one); empty to skip.")
 common.define_gin_flags()
 
 
@@ -70,7 +74,34 @@ def main(argv):
     sys.exit("[demo] FAILED: the SavedModel does not reproduce the trained trunk.")
   if not went_down:
     sys.exit("[demo] FAILED: a task's loss did not go down.")
+  run_evaluations(summary["checkpoint"], os.path.join(workdir, "results"))
   print("[demo] OK")
+
+
+# What the table shows of each evaluation's metrics.
+_HEADLINE = {"imagenet_linear": ("top1", "top5"), "nyu_depth": ("delta1_pct", "rmse"),
+             "voc_detection": ("map50_voc07", "map50_area")}
+
+
+def run_evaluations(checkpoint, output_dir):
+  """Evaluates the pretrained checkpoint and a random trunk; prints a table."""
+  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
+  names = evals_base.registered() if FLAGS.evals is None else FLAGS.evals
+  rows = []
+  for name in names:
+    for label, kwargs in (("pretrained", dict(checkpoint=checkpoint)),
+                          ("random init", dict(init="random"))):
+      start = time.time()
+      results = evaluation.evaluate(name, output_dir, **kwargs)
+      metrics = results["metrics"]
+      shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in _HEADLINE.get(name, ())
+                        if isinstance(metrics.get(k), (int, float)))
+      rows.append((name, label, shown, time.time() - start))
+      print(f"[demo] {name} ({label}): {shown} [{time.time() - start:.0f} s]")
+  print(f"[demo] evaluations at toy scale (results JSON in {output_dir}):")
+  print(f"[demo] {'evaluation':16s} {'trunk':12s} metrics")
+  for name, label, shown, _ in rows:
+    print(f"[demo] {name:16s} {label:12s} {shown}")
 
 
 def run():
