@@ -70,7 +70,7 @@ def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=0.25,
           "imagenet_linear/label": tf.cast(example["label"], tf.int32)}
 
 
-def toy_classification(num_images=64, size=(96, 112), num_classes=4, seed=0):
+def toy_classification(num_images=128, size=(96, 112), num_classes=8, seed=0):
   """The toy classification set: toy images, labelled by their mean hue's quadrant.
 
   Returns:
@@ -125,7 +125,8 @@ class ImagenetLinear(base.Evaluation):
       trunk: the trunk (frozen here).
       dataset: TFDS name of a classification dataset ('image', 'label'), or "toy".
       train_split, eval_split: TFDS splits.
-      num_classes: classes; None reads them from the dataset's info (4 for "toy").
+      num_classes: classes; None reads them from the dataset's info (8 for "toy": more than
+        5, so that top-5 means something).
       batch_size: global batch size.
       crop_size: crop side.
       shuffle_buffer: training examples in the shuffle buffer.
@@ -139,7 +140,7 @@ class ImagenetLinear(base.Evaluation):
     self.crop_size = crop_size
     self.shuffle_buffer = shuffle_buffer
     if num_classes is None:
-      num_classes = 4 if dataset == "toy" else None
+      num_classes = 8 if dataset == "toy" else None
     self.num_classes = num_classes
     self.pool = tf.keras.layers.MaxPool2D(pool_size=3, strides=2, padding="valid")
     self.flatten = tf.keras.layers.Flatten()
