@@ -66,10 +66,14 @@ def _pretraining_position(prefix):
   return out
 
 
-def results_path(output_dir, eval_name, checkpoint=None):
-  """Where the results of `eval_name` on `checkpoint` (None: random init) are written."""
+def results_path(output_dir, eval_name, checkpoint=None, lasso=False):
+  """Where the results of `eval_name` on `checkpoint` (None: random init) are written.
+
+  Evaluations with an evaluation lasso get their own name ("-lasso"), so both cases of one
+  checkpoint (paper Table 4) can share an output directory.
+  """
   tag = "random" if checkpoint is None else os.path.basename(checkpoint)
-  return os.path.join(output_dir, f"{eval_name}-{tag}.json")
+  return os.path.join(output_dir, f"{eval_name}-{tag}{'-lasso' if lasso else ''}.json")
 
 
 def _write_json(path, value):
@@ -98,7 +102,8 @@ def evaluate(eval_name, output_dir, checkpoint=None, init="checkpoint", strategy
       fine-tunes it.
 
   Returns:
-    The results dict (also written to `results_path(output_dir, eval_name, checkpoint)`).
+    The results dict (also written to `results_path(output_dir, eval_name, checkpoint,
+    use_lasso)`).
 
   Raises:
     ValueError: an unknown init, a missing or empty checkpoint, a checkpoint whose depth is not
@@ -227,7 +232,7 @@ def evaluate(eval_name, output_dir, checkpoint=None, init="checkpoint", strategy
       "seconds": time.time() - start,
   }
   tf.io.gfile.makedirs(output_dir)
-  _write_json(results_path(output_dir, eval_name, prefix), results)
+  _write_json(results_path(output_dir, eval_name, prefix, lasso=use_lasso), results)
   logging.info("%s on %s: %s", eval_name, tag, metrics)
   return results
 
@@ -265,8 +270,9 @@ def evaluate_directory(eval_name, checkpoint_dir, output_dir, poll_secs=60.0,
     raise ValueError(f"--checkpoint_dir={checkpoint_dir!r} is not a directory.")
   written, idle_since = [], time.time()
   while True:
+    lasso = kwargs.get("use_lasso", False)
     pending = [p for p in checkpoints_in(checkpoint_dir)
-               if not tf.io.gfile.exists(results_path(output_dir, eval_name, p))]
+               if not tf.io.gfile.exists(results_path(output_dir, eval_name, p, lasso))]
     for prefix in pending:
       written.append(evaluate(eval_name, output_dir, checkpoint=prefix, **kwargs))
       idle_since = time.time()
