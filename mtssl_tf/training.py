@@ -1,7 +1,7 @@
 """The multi-task training loop (paper section 4): one shared trunk, one head per task, one task
 per step, per-task gradient accumulation and a separate RMSProp per task.
 
-Read it top to bottom in `Trainer.train`: pick the task (schedule), run its step (accumulate or
+Read it top to bottom in `MultiTaskTrainer.train`: pick the task (schedule), run its step (accumulate or
 apply), write summaries, checkpoint, repeat.
 
 Schedule. Each task has a weight (gin: `<task>/task_settings.weight`). At every step the task
@@ -177,7 +177,7 @@ class _StopRequest:
 
 
 @gin.configurable
-class Trainer:
+class MultiTaskTrainer:
   """Builds the model, optimizers, accumulators and checkpoint; `train` runs the loop."""
 
   def __init__(self,
@@ -214,10 +214,10 @@ class Trainer:
       KeyError: an unknown task name.
     """
     if tasks is gin.REQUIRED or not tasks:
-      raise ValueError("No tasks to train: bind Trainer.tasks, e.g. "
-                       "Trainer.tasks = ['relative_position', 'colorization'].")
+      raise ValueError("No tasks to train: bind MultiTaskTrainer.tasks, e.g. "
+                       "MultiTaskTrainer.tasks = ['relative_position', 'colorization'].")
     if len(set(tasks)) != len(tasks):
-      raise ValueError(f"Trainer.tasks names a task twice: {tasks}.")
+      raise ValueError(f"MultiTaskTrainer.tasks names a task twice: {tasks}.")
     classes = {name: base.get(name) for name in tasks}  # KeyError names the known tasks
     self.names = list(tasks)
     self.settings = {name: task_settings(name) for name in self.names}
@@ -547,7 +547,7 @@ class Trainer:
 
 @gin.configurable
 def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="default"):
-  """Builds a `Trainer` (gin-configured) in model_dir and trains; the `mtssl-train` job.
+  """Builds a `MultiTaskTrainer` (gin-configured) in model_dir and trains; the `mtssl-train` job.
 
   Args:
     model_dir: the run's directory (resumes from its latest checkpoint).
@@ -556,8 +556,8 @@ def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="def
     strategy_name: "default", "mirrored" or "multi_worker" (`distribute.make_strategy`).
 
   Returns:
-    (the `Trainer`, the summary dict of `Trainer.train`).
+    (the `MultiTaskTrainer`, the summary dict of `MultiTaskTrainer.train`).
   """
   strategy = distribute.make_strategy(strategy_name)
-  trainer = Trainer(model_dir, strategy=strategy)
+  trainer = MultiTaskTrainer(model_dir, strategy=strategy)
   return trainer, trainer.train(num_steps=num_steps, max_compute=max_compute)

@@ -26,7 +26,7 @@ def main(model_dir, output, num_steps, bindings_path):
     bindings = json.load(f)
   strategy = tf.distribute.MultiWorkerMirroredStrategy()
   common.parse_gin([], bindings)
-  trainer = training.Trainer(model_dir, strategy=strategy)
+  trainer = training.MultiTaskTrainer(model_dir, strategy=strategy)
   summary = trainer.train(num_steps=int(num_steps))
   values = {}
   for i, v in enumerate(trainer.trunk.variables):

@@ -25,7 +25,7 @@ def _free_ports(count):
 
 def test_two_workers_end_with_identical_weights_slots_and_accumulators(tmp_path):
   bindings = test_training.TINY + [
-      "Trainer.tasks = ['relative_position', 'exemplar']",
+      "MultiTaskTrainer.tasks = ['relative_position', 'exemplar']",
       "exemplar/TaskSettings.accumulation_steps = 2",
       # Global batches: 2 replicas (one per worker).
       "relative_position.batch_size = 4",
@@ -67,9 +67,9 @@ def test_two_workers_end_with_identical_weights_slots_and_accumulators(tmp_path)
 def _train_command(tmp_path, num_steps):
   gin_file = tmp_path / "tiny.gin"
   gin_file.write_text("\n".join(test_training.TINY + [
-      "Trainer.tasks = ['relative_position', 'exemplar']",
-      "Trainer.checkpoint_every_compute = 4",
-      "Trainer.max_checkpoints_to_keep = 100",
+      "MultiTaskTrainer.tasks = ['relative_position', 'exemplar']",
+      "MultiTaskTrainer.checkpoint_every_compute = 4",
+      "MultiTaskTrainer.max_checkpoints_to_keep = 100",
   ]) + "\n")
   return [sys.executable, "-m", "mtssl_tf.bin.train", f"--gin_file={gin_file}",
           f"--model_dir={tmp_path / 'run'}", f"--num_steps={num_steps}"]

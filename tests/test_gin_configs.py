@@ -62,7 +62,7 @@ def test_experiment_file_parses_and_says_what_it_reproduces(path):
   assert text.startswith("# "), "an experiment opens with a comment"
   assert "mtssl-train --gin_file=" in text or "mtssl-demo" in text
   common.parse_gin([path], [])
-  tasks = gin.query_parameter("Trainer.tasks")
+  tasks = gin.query_parameter("MultiTaskTrainer.tasks")
   assert tasks and set(tasks) <= set(base.registered())
 
 
@@ -71,7 +71,7 @@ def test_the_lasso_experiment_builds_its_trainer_on_toy_data(tmp_path):
   from tests import test_training  # pylint: disable=g-import-not-at-top
   common.parse_gin(["experiments/rp_col_ex_ms_lasso.gin"],
                    test_training.TINY + ["motion_dataset.source = 'toy'"])
-  trainer = training.Trainer(str(tmp_path))
+  trainer = training.MultiTaskTrainer(str(tmp_path))
   assert trainer.names == ["relative_position", "colorization", "exemplar",
                            "motion_segmentation"]
   assert trainer.lasso is not None and trainer.lasso.matrix().shape == (4, 2)

@@ -21,7 +21,7 @@ default batch) in examples/s, measured in the same run. `input_over_step` above 
 input keeps up with training. The pipeline is measured a second time from decoded images held
 in memory, so that decoding and the task's own preprocessing can be told apart.
 
-"training": the multi-task loop (`training.Trainer.train`: schedule, counters, loss checks,
+"training": the multi-task loop (`training.MultiTaskTrainer.train`: schedule, counters, loss checks,
 summaries, accumulation) in steps/s against a bare loop calling the same compiled task steps in
 the same order, on fixed batches with the small trunk and small inputs (where the loop's own
 overhead shows most); and two MultiWorkerMirroredStrategy workers on 127.0.0.1 (two processes)
@@ -283,9 +283,9 @@ _TRAINING_BINDINGS = [
     "relative_position.preprocess.gap = 4", "relative_position.preprocess.jitter = 2",
     "relative_position.batch_size = 8", "relative_position.fc_width = 64",
     "exemplar.patch_size = 32", "exemplar.batch_size = 8", "exemplar.head_width = 64",
-    "exemplar/TaskSettings.accumulation_steps = 2", "Trainer.checkpoint_every_secs = None",
-    "Trainer.log_every_secs = 1000", "Trainer.summary_every_steps = 20",
-    "Trainer.tasks = ['relative_position', 'exemplar']",
+    "exemplar/TaskSettings.accumulation_steps = 2", "MultiTaskTrainer.checkpoint_every_secs = None",
+    "MultiTaskTrainer.log_every_secs = 1000", "MultiTaskTrainer.summary_every_steps = 20",
+    "MultiTaskTrainer.tasks = ['relative_position', 'exemplar']",
 ]
 
 
@@ -304,8 +304,8 @@ def benchmark_training():
   gin.clear_config()
   common.parse_gin([], _TRAINING_BINDINGS)
   workdir = tempfile.mkdtemp(prefix="mtssl_benchmark_training_")
-  probe = training.Trainer(os.path.join(workdir, "probe"))
-  trainer = training.Trainer(os.path.join(workdir, "run"),
+  probe = training.MultiTaskTrainer(os.path.join(workdir, "probe"))
+  trainer = training.MultiTaskTrainer(os.path.join(workdir, "run"),
                              input_fns=_fixed_input_fns(probe.tasks))
   steps = FLAGS.training_steps
   trainer.train(num_steps=8)  # traces every (task, apply) step function
@@ -389,7 +389,7 @@ def _run_worker(output):
   workers = strategy.num_replicas_in_sync
   common.parse_gin([], _TRAINING_BINDINGS + [
       f"relative_position.batch_size = {8 * workers}", f"exemplar.batch_size = {8 * workers}"])
-  trainer = training.Trainer(tempfile.mkdtemp(prefix="mtssl_benchmark_worker_"),
+  trainer = training.MultiTaskTrainer(tempfile.mkdtemp(prefix="mtssl_benchmark_worker_"),
                              strategy=strategy)
   trainer.train(num_steps=8)
   start = time.perf_counter()

@@ -15,7 +15,7 @@ the true |alpha| values at its ticks.
 Inputs (at least one):
   --checkpoint     a training checkpoint prefix (.../ckpt-N), or a model directory, meaning its
                    latest checkpoint. Every variable whose key is
-                   `lasso/rows/<task>/.ATTRIBUTES/VARIABLE_VALUE` (the Trainer keeps its
+                   `lasso/rows/<task>/.ATTRIBUTES/VARIABLE_VALUE` (the MultiTaskTrainer keeps its
                    `Lasso` under `lasso` in its `tf.train.Checkpoint`) is a self-supervised
                    row; they are drawn on top, in the order of --tasks, else by name.
   --results_json   an evaluation's results file, repeatable, with an entry

@@ -27,7 +27,9 @@ def parse_gin(gin_files, gin_params):
     FileNotFoundError: when a --gin_file exists neither as given nor under gin/.
   """
   # Every gin configurable of the library must be registered before parsing.
+  from mtssl_tf import evaluation  # pylint: disable=g-import-not-at-top,unused-import
   from mtssl_tf import training  # pylint: disable=g-import-not-at-top,unused-import
+  import mtssl_tf.evals  # pylint: disable=g-import-not-at-top,unused-import
   resolved = []
   for path in gin_files:
     if not tf.io.gfile.exists(path):

@@ -4,7 +4,7 @@
   mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --strategy=mirrored
   TF_CONFIG=... mtssl-train --gin_file=... --model_dir=gs://... --strategy=multi_worker
 
-Everything else is gin (Trainer.*, run_training.*, <task>/TaskSettings.*). Running it again with
+Everything else is gin (MultiTaskTrainer.*, run_training.*, <task>/TaskSettings.*). Running it again with
 the same --model_dir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves a checkpoint at
 the current step and exits with status 0. A NaN or Inf loss or gradient exits with status 1, naming the task
 and the step, and leaves the last checkpoint as it was.

@@ -26,7 +26,7 @@ _spec = importlib.util.spec_from_file_location("plot_lasso", _TOOL)
 pl = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pl)
 
-# The smallest Trainer that writes a real checkpoint (as in tests/test_training.py).
+# The smallest MultiTaskTrainer that writes a real checkpoint (as in tests/test_training.py).
 _TINY = [
     "Trunk.depth = 26",
     "image_dataset.source = 'toy'",
@@ -41,13 +41,13 @@ _TINY = [
     "exemplar.batch_size = 4",
     "exemplar.head_width = 16",
     "exemplar.embedding_size = 8",
-    "Trainer.checkpoint_every_secs = None",
-    "Trainer.log_every_secs = 1000",
+    "MultiTaskTrainer.checkpoint_every_secs = None",
+    "MultiTaskTrainer.log_every_secs = 1000",
 ]
 
 
 def _lasso_checkpoint(directory, rows, step=1):
-  """Saves {consumer: row} as the Trainer does (its Lasso under `lasso`); returns the prefix."""
+  """Saves {consumer: row} as the MultiTaskTrainer does (its Lasso under `lasso`); returns the prefix."""
   lasso = lasso_lib.Lasso(list(rows), len(next(iter(rows.values()))))
   for name, row in rows.items():
     lasso.rows[name].assign(np.asarray(row, np.float32))
@@ -70,7 +70,7 @@ def test_trainer_checkpoint_rows_are_found_and_equal_the_lasso(tmp_path):
   gin.clear_config()
   common.parse_gin([], _TINY)
   try:
-    trainer = training.Trainer(str(tmp_path), tasks=["relative_position", "exemplar"],
+    trainer = training.MultiTaskTrainer(str(tmp_path), tasks=["relative_position", "exemplar"],
                                use_lasso=True)
     trainer.train(num_steps=1)  # One relative_position step (exemplar's row stays one-hot).
     expected = trainer.lasso.matrix().numpy()
@@ -89,7 +89,7 @@ def test_trainer_checkpoint_rows_are_found_and_equal_the_lasso(tmp_path):
   assert sorted(k for k in keys if pl.ROW_KEY.match(k)) == [
       "lasso/rows/exemplar/.ATTRIBUTES/VARIABLE_VALUE",
       "lasso/rows/relative_position/.ATTRIBUTES/VARIABLE_VALUE"]
-  # The cheap checkpoint of the other tests has the Trainer's keys.
+  # The cheap checkpoint of the other tests has the MultiTaskTrainer's keys.
   cheap = _lasso_checkpoint(tmp_path / "cheap", {"exemplar": expected[1],
                                                  "relative_position": expected[0]})
   assert sorted(k for k, _ in tf.train.list_variables(cheap) if pl.ROW_KEY.match(k)) == sorted(
@@ -131,7 +131,7 @@ def test_results_json_rows_are_appended_in_file_order(tmp_path):
 
 
 def test_errors_for_no_lasso_rows_and_mismatched_lengths(tmp_path):
-  # What a Trainer without the lasso writes: an empty module under `lasso`.
+  # What a MultiTaskTrainer without the lasso writes: an empty module under `lasso`.
   plain = tf.train.Checkpoint(lasso=tf.Module(), global_step=tf.Variable(3)).save(
       str(tmp_path / "plain" / "ckpt"))
   with pytest.raises(ValueError, match=r"(?s)plain/ckpt-1 has no lasso rows.*not trained with "
