@@ -120,7 +120,10 @@ def evaluate(eval_name, output_dir, checkpoint=None, init="checkpoint", strategy
   settings = _settings(eval_name)
   cls = base.get(eval_name)
   with strategy.scope():
-    trunk = trunk or trunk_lib.Trunk()
+    # In the evaluation's gin scope, so that `<eval>/Trunk.*` (e.g. a faster batch norm decay
+    # for short runs) applies to this evaluation only.
+    with gin.config_scope(eval_name):
+      trunk = trunk or trunk_lib.Trunk()
     if prefix is not None:
       depth = trunk_lib.checkpoint_depth(prefix)
       if depth != trunk.depth:

@@ -19,7 +19,7 @@ from mtssl_tf import evaluation
 from mtssl_tf.bin import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("eval", None, "imagenet_linear, nyu_depth (voc_detection: not yet).")
+flags.DEFINE_string("eval", None, "imagenet_linear, nyu_depth or voc_detection.")
 flags.DEFINE_string("checkpoint", None, "A checkpoint prefix, or a directory (its latest).")
 flags.DEFINE_string("checkpoint_dir", None, "Evaluate every checkpoint of this pretraining "
                     "directory not yet evaluated, as they appear.")
