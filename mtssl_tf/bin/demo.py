@@ -6,7 +6,8 @@ with the multi-task loop that `mtssl-train` runs, then exports the trunk as a Sa
 the code of `mtssl-export`, reloads it and checks it against the trained trunk, and finally
 runs the evaluations at toy scale (`mtssl-evaluate`'s code) on the pretrained trunk and on a
 random one and prints them side by side. It prints what it ran, each task's loss at the start
-and at the end, and where everything was written. About ten minutes on 2 CPU cores.
+and at the end, and where everything was written. About 12 minutes on 2 CPU cores (detection
+evaluations take most of it).
 """
 
 import os
