@@ -69,6 +69,10 @@ class Evaluation(tf.Module):
   output_stride = 32
   fine_tunes_trunk = True
   batch_size = None
+  dataset = None
+  train_split = "train"
+  eval_split = "test"
+  shuffle_buffer = 256
 
   def __init__(self, trunk):
     super().__init__(name=self.name)
@@ -102,8 +106,41 @@ class Evaluation(tf.Module):
     names = trunk_lib.unit_endpoint_names(self.trunk.depth)
     return self.lasso.combine(self.name, [endpoints[n] for n in names])
 
-  def input_fn(self, input_context=None, split="train"):
+  def toy_data(self, training):
+    """The built-in toy set (dataset "toy"): a dict of numpy arrays, one example per row."""
     raise NotImplementedError
+
+  def dataset_info(self, info):
+    """Called with the TFDS `DatasetInfo` of a TFDS source (e.g. to read the class count)."""
+    del info
+
+  def preprocess_example(self, example, training):
+    """One source example -> the evaluation's features."""
+    raise NotImplementedError
+
+  def source(self, input_context, training):
+    """Unbatched examples of the training or the test split (`self.dataset`: TFDS or "toy")."""
+    if self.dataset == "toy":
+      dataset = tf.data.Dataset.from_tensor_slices(self.toy_data(training))
+      if input_context is not None:
+        dataset = dataset.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+      return dataset
+    split = self.train_split if training else self.eval_split
+    dataset, info = tfds_split(self.dataset, split, input_context=input_context,
+                               shuffle_files=training)
+    self.dataset_info(info)
+    return dataset
+
+  def input_fn(self, input_context=None, split="train"):
+    """Per-replica batches: "train" repeated and shuffled, any other split one pass."""
+    training = split == "train"
+    dataset = self.source(input_context, training).map(
+        lambda ex: self.preprocess_example(ex, training), num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+      dataset = dataset.repeat().shuffle(self.shuffle_buffer)
+    batch = self.per_replica_batch(input_context)
+    return dataset.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
   def model_fn(self, features, mode):
     raise NotImplementedError

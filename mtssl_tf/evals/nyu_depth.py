@@ -484,27 +484,11 @@ class NyuDepth(base.Evaluation):
     self.shuffle_buffer = shuffle_buffer
     self.decoder = DepthDecoder()
 
-  def _source(self, input_context, split):
-    if self.dataset == "toy":
-      data = toy_depth_scenes(seed=0 if split == self.train_split else 1)
-      dataset = tf.data.Dataset.from_tensor_slices(data)
-      if input_context is not None:
-        dataset = dataset.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-      return dataset
-    dataset, _ = base.tfds_split(self.dataset, split, input_context=input_context,
-                                 shuffle_files=split == self.train_split)
-    return dataset
+  def toy_data(self, training):
+    return toy_depth_scenes(seed=0 if training else 1)
 
-  def input_fn(self, input_context=None, split="train"):
-    training = split == "train"
-    dataset = self._source(input_context, self.train_split if training else self.eval_split)
-    dataset = dataset.map(lambda ex: preprocess(ex, training, crop_size=self.crop_size),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    if training:
-      dataset = dataset.repeat().shuffle(self.shuffle_buffer)
-    batch = self.per_replica_batch(input_context)
-    return dataset.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+  def preprocess_example(self, example, training):
+    return preprocess(example, training, crop_size=self.crop_size)
 
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN

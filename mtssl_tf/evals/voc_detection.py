@@ -695,30 +695,14 @@ class VocDetection(base.Evaluation):
     self._frcnn_box_loss = maskrcnn_losses.FastrcnnBoxLoss(huber_loss_delta=1.0,
                                                            class_agnostic_bbox_pred=False)
 
-  def _source(self, input_context, split):
-    if self.dataset == "toy":
-      training = split == self.train_split
-      data = _cached_toy_scenes(256 if training else 64, self.output_size, self.num_classes,
-                                0 if training else 1)
-      dataset = tf.data.Dataset.from_tensor_slices(data)
-      if input_context is not None:
-        dataset = dataset.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-      return dataset.map(_toy_example)
-    dataset, _ = base.tfds_split(self.dataset, split, input_context=input_context,
-                                 shuffle_files=split == self.train_split)
-    return dataset
+  def toy_data(self, training):
+    return _cached_toy_scenes(256 if training else 64, self.output_size, self.num_classes,
+                              0 if training else 1)
 
-  def input_fn(self, input_context=None, split="train"):
-    training = split == "train"
-    dataset = self._source(input_context, self.train_split if training else self.eval_split)
-    dataset = dataset.map(
-        lambda ex: preprocess(ex, training, self.parser),
-        num_parallel_calls=tf.data.AUTOTUNE)
-    if training:
-      dataset = dataset.repeat().shuffle(self.shuffle_buffer)
-    batch = self.per_replica_batch(input_context)
-    return dataset.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+  def preprocess_example(self, example, training):
+    if self.dataset == "toy":
+      example = _toy_example(example)
+    return preprocess(example, training, self.parser)
 
   def anchor_boxes(self, images):
     """{'4': [B, H/16, W/16, 4K]} anchors for a static-sized batch of network inputs."""

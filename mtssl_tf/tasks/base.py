@@ -37,6 +37,21 @@ class Spec:
   metrics: dict = dataclasses.field(default_factory=dict)
 
 
+def dense_prediction_head(width, outputs, name):
+  """The per-cell head of the dense tasks: BN, ReLU, 3x3 conv, BN, ReLU, 1x1 conv to logits.
+
+  Block 3 of ResNet v2 is pre-activation, hence the BN and ReLU first.
+  """
+  return tf.keras.Sequential([
+      tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
+      tf.keras.layers.ReLU(),
+      tf.keras.layers.Conv2D(width, 3, padding="same", use_bias=False),
+      tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
+      tf.keras.layers.ReLU(),
+      tf.keras.layers.Conv2D(outputs, 1),
+  ], name=name)
+
+
 _REGISTRY = {}
 # Examples held by each task's shuffle buffer (after preprocessing; see Task.pipeline).
 SHUFFLE_BUFFER = 256

@@ -131,14 +131,7 @@ class Colorization(base.Task):
     self.class_weights = color.rebalancing_weights(prior)
     self.batch_size = batch_size
     self.crop_size = crop_size
-    self.head = tf.keras.Sequential([
-        tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
-        tf.keras.layers.ReLU(),
-        tf.keras.layers.Conv2D(head_width, 3, padding="same", use_bias=False),
-        tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
-        tf.keras.layers.ReLU(),
-        tf.keras.layers.Conv2D(color.NUM_BINS, 1),
-    ], name="colorization_head")
+    self.head = base.dense_prediction_head(head_width, color.NUM_BINS, "colorization_head")
 
   def input_fn(self, input_context=None):
     """Batched (per replica) dataset of the task's features."""

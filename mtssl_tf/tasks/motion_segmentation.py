@@ -152,14 +152,7 @@ class MotionSegmentation(base.Task):
     super().__init__(trunk, source_fn=source_fn)
     self.batch_size = batch_size
     self.crop_size = crop_size
-    self.head = tf.keras.Sequential([
-        tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
-        tf.keras.layers.ReLU(),
-        tf.keras.layers.Conv2D(head_width, 3, padding="same", use_bias=False),
-        tf.keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.997),
-        tf.keras.layers.ReLU(),
-        tf.keras.layers.Conv2D(2, 1),
-    ], name="motion_segmentation_head")
+    self.head = base.dense_prediction_head(head_width, 2, "motion_segmentation_head")
 
   def images(self, input_context=None):
     """Frames and masks (not plain images): the motion source, sharded for input_context."""
