@@ -7,6 +7,10 @@
 * A replica's loss is its per-replica mean divided by `num_replicas_in_sync` (`scale_loss`), so
   that summing gradients over replicas, which the optimizers do, gives the gradient of the
   global mean.
+* Input can run on other machines: with a tf.data service dispatcher address
+  (`distribute_input.tf_data_service`, flag `--tf_data_service`), each task's pipeline runs on
+  the service's workers and the trainers only read finished batches (WORKSPACE.md says how to
+  start the dispatcher and workers).
 * Only the chief writes checkpoints and summaries to the model directory; the other workers
   write theirs (a collective save needs every worker) to a temporary directory that is deleted.
 """
@@ -50,6 +54,32 @@ def make_strategy(name="default", devices=None):
         'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": '
         '{"type": "worker", "index": 0}}\' (see WORKSPACE.md).')
   return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+@gin.configurable
+def distribute_input(dataset, job_name, tf_data_service=None, target_workers="ANY"):
+  """Hands a task's input pipeline to a tf.data service, if one is given.
+
+  The service's workers run the whole pipeline (decoding, augmentation, batching); every
+  replica of every trainer joins the job `job_name` and reads the next finished batch from
+  any worker ("parallel epochs": each service worker runs its own copy of the infinite,
+  randomly augmented pipeline, so no two batches are the same). Without a service the dataset
+  is returned as is.
+
+  Args:
+    dataset: a task's batched dataset (per replica).
+    job_name: the job's name; the task's name, so that tasks never share a job.
+    tf_data_service: None, or the dispatcher's address, e.g. "grpc://input-0:5050".
+    target_workers: "ANY" or "LOCAL" (read only from a tf.data worker on the same host).
+
+  Returns:
+    A dataset.
+  """
+  if not tf_data_service:
+    return dataset
+  return dataset.apply(tf.data.experimental.service.distribute(
+      processing_mode=tf.data.experimental.service.ShardingPolicy.OFF,
+      service=tf_data_service, job_name=job_name, target_workers=target_workers))
 
 
 def scale_loss(loss, strategy=None):

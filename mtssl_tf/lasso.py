@@ -102,8 +102,10 @@ class Lasso(tf.Module):
     if len(units) != self.num_units:
       raise ValueError(f"Lasso over {self.num_units} units got {len(units)}.")
     units = equalize(units)
-    alpha = tf.cast(self.row(consumer), units[0].dtype)
-    return tf.add_n([alpha[m] * unit for m, unit in enumerate(units)])
+    # In float32 whatever the units' dtype (mixed precision keeps the alphas and their
+    # gradients exact); the caller's next layer casts the result to its compute dtype.
+    alpha = tf.cast(self.row(consumer), tf.float32)
+    return tf.add_n([alpha[m] * tf.cast(unit, tf.float32) for m, unit in enumerate(units)])
 
   def penalty(self, consumer):
     """l1_weight * sum |alpha[consumer]|: add it to that consumer's loss."""

@@ -34,6 +34,19 @@ names it, so a run killed while saving restarts from the previous complete one. 
 the same model directory resumes; SIGTERM (and Ctrl-C) saves a checkpoint at the current step and
 stops. A NaN or Inf in a loss or a gradient stops the run naming the task and the step,
 without saving.
+
+Precision and XLA (`mtssl_tf/precision.py`). `precision` ("float32", "mixed_bfloat16",
+"mixed_float16") is the Keras policy in force while the model is built (every layer keeps the
+policy it was built under; the global policy is restored afterwards): the networks compute in
+half precision, variables, slots, accumulators and checkpoints stay float32 (a checkpoint loads
+under any precision). Under "mixed_float16" each task's RMSProp is wrapped in its own
+`LossScaleOptimizer`: an update whose gradients overflowed is skipped (no variable, slot or
+accumulator keeps it) and that task's scale halves; overflowed gradients are then expected and
+counted (`<task>/skipped_updates`), not errors; a non-finite loss still is. The loss scale is
+not checkpointed (the inner optimizer is, so checkpoints are the same in every precision): a
+resumed float16 run starts from the initial scale again. `jit_compile` compiles each task's
+forward and backward pass (per replica) with XLA; batch shapes are static per task (batches
+drop their remainder), so each compiles once.
 """
 
 import collections
@@ -51,6 +64,7 @@ import tensorflow as tf
 
 from mtssl_tf import distribute
 from mtssl_tf import lasso as lasso_lib
+from mtssl_tf import precision as precision_lib
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
@@ -190,7 +204,9 @@ class MultiTaskTrainer:
                max_checkpoints_to_keep=5,
                summary_every_steps=20,
                log_every_secs=10.0,
-               input_fns=None):
+               input_fns=None,
+               precision="float32",
+               jit_compile=False):
     """Creates everything and restores the latest checkpoint of model_dir, if any.
 
     Args:
@@ -208,6 +224,8 @@ class MultiTaskTrainer:
       log_every_secs: seconds between progress lines.
       input_fns: optional {task: function(input_context) -> dataset} replacing `task.input_fn`
         (tests feed fixed batches).
+      precision: "float32", "mixed_bfloat16" or "mixed_float16" (see the module docstring).
+      jit_compile: compile each task's forward and backward pass with XLA.
 
     Raises:
       ValueError: no tasks, an unknown or repeated task, every weight zero, bad settings.
@@ -225,6 +243,7 @@ class MultiTaskTrainer:
       raise ValueError(f"Every task weight is zero ({self.names}): nothing would train. Bind "
                        "<task>/TaskSettings.weight to a positive value.")
     self.model_dir = model_dir
+    self._max_checkpoints_to_keep = max_checkpoints_to_keep
     self.strategy = strategy or distribute.make_strategy()
     self.is_chief, _, self.num_workers = distribute.worker_info(self.strategy)
     self.write_dir = distribute.write_dir(model_dir, self.strategy)
@@ -232,7 +251,15 @@ class MultiTaskTrainer:
     self.checkpoint_every_secs = checkpoint_every_secs
     self.summary_every_steps = summary_every_steps
     self.log_every_secs = log_every_secs
+    self.precision = precision
+    self.jit_compile = jit_compile
     tf.io.gfile.makedirs(self.write_dir)
+    with precision_lib.policy_scope(precision):
+      self._build(classes, use_lasso, input_fns)
+
+  def _build(self, classes, use_lasso, input_fns):
+    """Builds input, model, optimizers and checkpoint, and restores (under the precision)."""
+    model_dir = self.model_dir
 
     # Input first: a missing dataset fails here, before any variable or step.
     self.decode_stats = {name: sources.DecodeStats(f"{name} images") for name in self.names}
@@ -263,13 +290,16 @@ class MultiTaskTrainer:
                          for n in self.names}
       self.compute_used = tf.Variable(0.0, dtype=tf.float64, trainable=False,
                                       name="compute_used")
+    # The inner optimizers (not their loss-scale wrappers): the same checkpoint in every
+    # precision.
     self.checkpoint = tf.train.Checkpoint(
         trunk=self.trunk, heads={n: t for n, t in self.tasks.items()},
-        optimizers=self.optimizers, accumulators=self.accumulators,
+        optimizers={n: _inner(o) for n, o in self.optimizers.items()},
+        accumulators=self.accumulators,
         global_step=self.global_step, task_steps=self.task_steps,
         compute_used=self.compute_used, lasso=self.lasso or tf.Module())
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir,
-                                              max_to_keep=max_checkpoints_to_keep)
+                                              max_to_keep=self._max_checkpoints_to_keep)
     # Every worker restores the chief's latest checkpoint (the others write theirs elsewhere).
     self.restored_from = tf.train.latest_checkpoint(model_dir)
     if self.restored_from:
@@ -280,11 +310,14 @@ class MultiTaskTrainer:
     self._writer = (tf.summary.create_file_writer(os.path.join(model_dir, "train"))
                     if self.is_chief else tf.summary.create_noop_writer())
     self._wrote_config = False
+    self.skipped_updates = {n: 0 for n in self.names}
 
   # --- building ---------------------------------------------------------------------------
 
   def _input_fn(self, name):
-    return self._input_fns.get(name, self.tasks[name].input_fn)
+    """The task's input_fn (or the test's), run on the tf.data service when one is given."""
+    input_fn = self._input_fns.get(name, self.tasks[name].input_fn)
+    return lambda ctx: distribute.distribute_input(input_fn(ctx), job_name=name)
 
   def _build_variables(self):
     """Creates the trunk's and heads' variables with one inference pass per task."""
@@ -308,7 +341,7 @@ class MultiTaskTrainer:
     # Slots up front: every worker must create the same variables in the same order, and the
     # checkpoint must hold them before the first apply.
     optimizer.build(variables)
-    self.optimizers[name] = optimizer
+    self.optimizers[name] = precision_lib.wrap_optimizer(optimizer)
     if settings.accumulation_steps > 1:
       self.accumulators[name] = [
           tf.Variable(tf.zeros_like(v), trainable=False, name=f"accum_{name}_{i}",
@@ -331,15 +364,31 @@ class MultiTaskTrainer:
     settings = self.settings[name]
     strategy = self.strategy
 
-    def replica_step(features, apply):
+    loss_scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+
+    def loss_and_gradients(features):
+      """Forward and backward: (task loss, metrics, float32 gradients of the total loss)."""
       with tf.GradientTape() as tape:
         spec = task.model_fn(features, base.Mode.TRAIN)
         loss = spec.loss + self.trunk.regularization_loss()
         if self.lasso is not None:
           loss += self.lasso.penalty(name)
         scaled = distribute.scale_loss(loss, strategy)
+        if loss_scaled:
+          scaled = optimizer.get_scaled_loss(scaled)
       grads = tape.gradient(scaled, variables)
-      grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+      grads = [tf.zeros_like(v) if g is None else tf.cast(g, v.dtype)
+               for g, v in zip(grads, variables)]
+      if loss_scaled:
+        grads = optimizer.get_unscaled_gradients(grads)
+      return spec.loss, spec.metrics, grads
+
+    if self.jit_compile:
+      loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+
+    def replica_step(features, apply):
+      loss, metrics, grads = loss_and_gradients(features)
+      spec = base.Spec(loss=loss, metrics=metrics)
       # A NaN can hide from the loss (ReLU maps NaN to 0 on CPU) but not from the gradients.
       nonfinite = 1.0 - tf.cast(
           tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]), tf.float32)
@@ -445,6 +494,11 @@ class MultiTaskTrainer:
         apply = counts[index] % self.settings[name].accumulation_steps == 0
         loss, nonfinite, metrics = self._step_fn(name, apply)(self._iterators[name])
         loss_value = float(loss)
+        if float(nonfinite) > 0 and self._loss_scaled(name) and np.isfinite(loss_value):
+          # float16 overflow: the loss-scale optimizer skips (or, accumulating, will skip)
+          # the update and lowers the scale. Expected now and then; counted, not fatal.
+          self.skipped_updates[name] += 1
+          nonfinite = 0.0
         if not np.isfinite(loss_value) or float(nonfinite) > 0:
           raise NonFiniteLoss(
               f"Task {name!r} has a non-finite loss ({loss_value}) or gradient (on "
@@ -499,6 +553,9 @@ class MultiTaskTrainer:
             "last_mean_loss": {n: float(np.mean(v)) for n, v in latest.items() if v},
             "stopped_by_signal": stopped, "checkpoint": checkpoint}
 
+  def _loss_scaled(self, name):
+    return isinstance(self.optimizers[name], tf.keras.mixed_precision.LossScaleOptimizer)
+
   def _checkpoint_path(self, step):
     return os.path.join(self.write_dir, f"ckpt-{step}")
 
@@ -506,9 +563,12 @@ class MultiTaskTrainer:
     tf.summary.scalar(f"{name}/loss", loss, step=step)
     for key, value in metrics.items():
       tf.summary.scalar(f"{name}/{key}", value, step=step)
-    optimizer = self.optimizers[name]
+    optimizer = _inner(self.optimizers[name])
     # With a schedule, the property is the rate at the optimizer's current update count.
     tf.summary.scalar(f"{name}/learning_rate", optimizer.learning_rate, step=step)
+    if self._loss_scaled(name):
+      tf.summary.scalar(f"{name}/loss_scale", self.optimizers[name].loss_scale, step=step)
+      tf.summary.scalar(f"{name}/skipped_updates", self.skipped_updates[name], step=step)
     tf.summary.scalar("steps_per_sec",
                       (step - start_step) / max(time.time() - start_time, 1e-9), step=step)
     tf.summary.scalar("compute_used", compute, step=step)
@@ -543,6 +603,13 @@ class MultiTaskTrainer:
     logging.info("step %d/%s (%s), %.2f steps/s, ETA %s, compute %.4g device-s; mean loss "
                  "since last line: %s", step, num_steps, per_task, rate, eta_text,
                  compute, losses)
+
+
+def _inner(optimizer):
+  """The optimizer itself, or the one inside a `LossScaleOptimizer`."""
+  if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+    return optimizer.inner_optimizer
+  return optimizer
 
 
 @gin.configurable

@@ -25,6 +25,7 @@ import gin
 import tensorflow as tf
 
 from mtssl_tf import input_convention
+from mtssl_tf import precision
 from mtssl_tf.slim_compat import resnet_utils
 from mtssl_tf.slim_compat import resnet_v2
 from mtssl_tf.slim_compat import slim
@@ -114,6 +115,30 @@ def _check_output_stride(output_stride):
   if output_stride not in OUTPUT_STRIDES:
     raise ValueError(f"Unknown output_stride {output_stride!r}: choose one of "
                      f"{list(OUTPUT_STRIDES)} (gin: Trunk.output_stride).")
+
+
+def slim_variable_getter(layer, getter, name, *args, **kwargs):
+  """The custom getter of our slim layers (the trunk, block 4).
+
+  Three jobs:
+  - MirroredStrategy runs replicas 1..N-1 in threads of their own under `reuse=True`; the Keras
+    shim's variable store (thread-local) is absent there and TF1's store would fail to find the
+    variables. The layer's own variables are looked up by name instead.
+  - Batch norm statistics are created with MEAN aggregation so that replicas can update them
+    in replica context.
+  - Under mixed precision slim asks for its conv weights in bfloat16 or float16: they are
+    created float32 and handed to slim cast (`precision.float32_storage_getter`), so
+    checkpoints are float32 and the same in every precision.
+  """
+  if kwargs.get("reuse") is True:
+    existing = {v.name.split(":")[0]: v for v in layer.variables}
+    if name in existing:
+      dtype = kwargs.get("dtype")
+      variable = existing[name]
+      return variable if dtype is None or dtype == variable.dtype else precision.autocast(variable)
+  if name.endswith(("/moving_mean", "/moving_variance")):
+    kwargs["aggregation"] = tf.VariableAggregation.MEAN
+  return precision.float32_storage_getter(getter, name, *args, **kwargs)
 
 
 @gin.configurable
@@ -249,20 +274,7 @@ class Trunk(tf.keras.layers.Layer):
     return endpoints
 
   def _variable_getter(self, getter, name, *args, **kwargs):
-    """Finds existing variables itself where the Keras shim's variable store is not visible.
-
-    MirroredStrategy runs replicas 1..N-1 in threads of their own under `reuse=True`; the shim's
-    store (thread-local) is absent there and TF1's store would fail to find the variables. The
-    layer's own variables are looked up by name instead. Batch norm statistics are created
-    with MEAN aggregation so that replicas can update them in replica context.
-    """
-    if kwargs.get("reuse") is True:
-      existing = {v.name.split(":")[0]: v for v in self.variables}
-      if name in existing:
-        return existing[name]
-    if name.endswith(("/moving_mean", "/moving_variance")):
-      kwargs["aggregation"] = tf.VariableAggregation.MEAN
-    return getter(name, *args, **kwargs)
+    return slim_variable_getter(self, getter, name, *args, **kwargs)
 
   def regularization_loss(self):
     """slim's weight decay on the conv weights: sum of weight_decay * ||w||^2 / 2.
@@ -348,6 +360,36 @@ def resolve_checkpoint(path):
   return path
 
 
+def slim_name_index(prefix, shapes=None):
+  """Which checkpoint key holds each slim variable, for slim's and for our own checkpoints.
+
+  Args:
+    prefix: a checkpoint prefix (see `resolve_checkpoint`).
+    shapes: its variable-to-shape map, if already read.
+
+  Returns:
+    ({slim name 'resnet_v2_<depth>/...': checkpoint key}, [keys that hold no slim variable]).
+    TF1 checkpoints (slim's) use the names as keys; TF2 object-based checkpoints escape them
+    inside longer keys (`_object_key_to_name`).
+
+  Raises:
+    ValueError: if a name occurs twice (an object-based checkpoint of two models).
+  """
+  if shapes is None:
+    shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  by_name, other = {}, []
+  for key in sorted(shapes):
+    name = key if key.startswith("resnet_v2_") else _object_key_to_name(key)
+    if name is None:
+      other.append(key)
+      continue
+    if name in by_name:
+      raise ValueError(f"Checkpoint {prefix} holds variable {name} twice "
+                       f"({by_name[name]} and {key}); load from a checkpoint of one model.")
+    by_name[name] = key
+  return by_name, other
+
+
 def init_from_checkpoint(trunk, path):
   """Assigns a trunk's variables from a checkpoint, matched by slim variable name.
 
@@ -370,18 +412,7 @@ def init_from_checkpoint(trunk, path):
   trunk.ensure_built()
   reader = tf.train.load_checkpoint(prefix)
   shapes = reader.get_variable_to_shape_map()
-
-  by_name = {}
-  ignored = []
-  for key in sorted(shapes):
-    name = key if key.startswith("resnet_v2_") else _object_key_to_name(key)
-    if name is None:
-      ignored.append(key)
-      continue
-    if name in by_name:
-      raise ValueError(f"Checkpoint {prefix} holds trunk variable {name} twice "
-                       f"({by_name[name]} and {key}); load from a checkpoint of one model.")
-    by_name[name] = key
+  by_name, ignored = slim_name_index(prefix, shapes)
 
   wanted = {v.name.split(":")[0]: v for v in trunk.variables}
   missing, misshaped = [], []

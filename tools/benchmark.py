@@ -27,14 +27,30 @@ the same order, on fixed batches with the small trunk and small inputs (where th
 overhead shows most); and two MultiWorkerMirroredStrategy workers on 127.0.0.1 (two processes)
 against one, in examples/s at the same per-worker batch.
 
-"evals": each evaluation's inference (its PREDICT pass on a batch at its input size and trunk
-stride) and training step in images/s, beside the bare trunk's forward pass on the same images
-at the same stride, in the same run.
+"evals": for each evaluation (`--evals`: ImageNet linear probe 224x224, batch 8, stride 32; NYU
+depth 240x320, batch 4, stride 16; VOC detection 512x512, batch 2, stride 16), in images/s:
+its inference (the PREDICT pass) beside the bare trunk's forward pass on the same images at the
+same stride, and its training step as `mtssl_tf/evaluation.py` takes it (model_fn's TRAIN loss,
+plus the trunk's weight decay where the trunk is fine-tuned; gradients over the head's variables,
+and the trunk's only where the evaluation fine-tunes it; SGD with momentum) beside a bare trunk
+training step (forward at that stride, backward, RMSProp) on the same images. The probe and depth
+get random images with constant labels; detection gets a batch of its toy scenes, drawn at its
+input size, through its own parser (image_info, anchor targets, ground truth). The four
+measurements alternate in rounds and the median round is kept.
 
 "motion_labels": motion segmentation label extraction (`motion_labels.label_frame`, defaults:
 10 tracked steps, forward and backward DIS flow) in labelled frames/s in one process at
 320x240, beside the bare optical flow it is built on: the 20 flow fields one label needs,
 timed alone in the same run.
+
+"precision" (`tools/accelerator_benchmark.py`; the default with `--device=gpu`): the trunk's
+training step and each task's training step (through the real loop) per `--modes` (float32,
+mixed_bfloat16, mixed_bfloat16+xla by default) in images/s, with achieved TFLOP/s and the
+fraction of the chip's peak, beside each task's input pipeline on all CPU cores.
+
+  python tools/benchmark.py --device=gpu                 # on a GPU machine (tools/gpu_check.sh)
+  python tools/benchmark.py --benchmarks=precision --depth=26 --precision_size=64 \
+      --precision_batch_size=4 --task_gin="Trunk.depth = 26" ...        # the same code on a CPU
 
 Not a test: nothing here asserts.
 """
@@ -58,28 +74,47 @@ from mtssl_tf.data import motion_records  # pylint: disable=g-import-not-at-top,
 from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.data import toy  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.tasks import base  # pylint: disable=g-import-not-at-top,wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import accelerator_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("benchmarks", ["trunk", "inputs", "motion_labels", "training", "evals"],
                   "Which benchmarks to run.")
 flags.DEFINE_integer("training_steps", 60, "Timed steps of the 'training' benchmark.")
-flags.DEFINE_list("evals", ["imagenet_linear", "nyu_depth"],
+flags.DEFINE_list("evals", ["imagenet_linear", "nyu_depth", "voc_detection"],
                   "Evaluations the 'evals' benchmark measures.")
 flags.DEFINE_string("worker_output", None, "Internal: a 'training' worker writes here.")
 flags.DEFINE_list("tasks", ["relative_position", "colorization", "exemplar", "motion_segmentation"],
                   "Tasks whose input pipelines the 'inputs' benchmark measures.")
 flags.DEFINE_list("input_cores", ["1", "2"], "tf.data thread pool sizes to measure.")
 flags.DEFINE_float("input_seconds", 8.0, "Seconds of input pipeline timing per setting.")
-flags.DEFINE_integer("task_depth", 101, "Trunk depth of the task step in 'inputs'.")
+flags.DEFINE_integer("task_depth", 101, "Trunk depth in 'inputs' (task steps) and 'evals'.")
 flags.DEFINE_list("sizes", ["96", "224"], "Square input sizes.")
 flags.DEFINE_integer("batch_size", 8, "Images per training step.")
 flags.DEFINE_integer("steps", 3, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 3, "Alternating rounds of trunk and peer; the median is kept.")
 flags.DEFINE_integer("depth", 101, "Trunk depth.")
+flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "gpu: require a GPU, and run the 'precision' "
+                  "benchmark with the paper's sizes unless --benchmarks says otherwise.")
+flags.DEFINE_list("modes", ["float32", "mixed_bfloat16", "mixed_bfloat16+xla"],
+                  "'precision': precisions, each optionally '+xla'.")
+flags.DEFINE_integer("precision_size", 224, "'precision': the trunk step's image side.")
+flags.DEFINE_integer("precision_batch_size", None, "'precision': the trunk step's batch "
+                     "(default 128 on a GPU, --batch_size on a CPU).")
+flags.DEFINE_list("precision_tasks", ["relative_position", "colorization", "exemplar",
+                                      "motion_segmentation"],
+                  "'precision': tasks whose training step is measured (empty: none).")
+flags.DEFINE_multi_string("task_gin", [], "'precision': gin bindings for the task steps (e.g. "
+                          "smaller batches and crops on a CPU).")
+flags.DEFINE_string("output", None, "Also append every JSON line to this file.")
 
 
 def emit(**record):
-  print(json.dumps(record), flush=True)
+  line = json.dumps(record)
+  print(line, flush=True)
+  if FLAGS.output:
+    with open(FLAGS.output, "a") as f:
+      f.write(line + "\n")
 
 
 def forward_flops(fn, spec):
@@ -401,41 +436,134 @@ def _run_worker(output):
                "workers": workers}, f)
 
 
-def benchmark_evals():
+def eval_train_step(evaluation):
+  """A tf.function: the evaluation loop's training step on one batch of features.
+
+  As `replica_step` in `mtssl_tf/evaluation.py` (a closure inside `evaluate`, so it cannot be
+  imported; its `EvalSettings` are reused): the loss of `model_fn(features, TRAIN)`, plus the
+  trunk's weight decay when the evaluation fine-tunes the trunk (and the lasso's penalty with a
+  lasso); gradients over the head's variables, the trunk's when it is fine-tuned and the lasso
+  row; SGD with momentum on the evaluation's `EvalSettings` schedule. The evaluation's variables
+  must exist first (call `model_fn` once), as in `evaluate`.
+  """
+  from mtssl_tf import distribute  # pylint: disable=g-import-not-at-top
+  from mtssl_tf import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
   from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
-  sizes = {"imagenet_linear": ((224, 224), 8), "nyu_depth": ((240, 320), 4),
-           "voc_detection": ((512, 512), 2)}
+  name, trunk, lasso = evaluation.name, evaluation.trunk, evaluation.lasso
+  settings = evaluation_lib._settings(name)  # pylint: disable=protected-access
+  variables = list(evaluation.head_variables)
+  if evaluation.fine_tunes_trunk:
+    variables += list(trunk.trainable_variables)
+  if lasso is not None:
+    variables.append(lasso.row(name))
+  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
+      settings.learning_rate, settings.decay_steps, settings.decay_rate, staircase=True)
+  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=settings.momentum)
+  optimizer.build(variables)
+
+  @tf.function
+  def step(features):
+    with tf.GradientTape() as tape:
+      loss = evaluation.model_fn(features, evals_base.Mode.TRAIN).loss
+      if evaluation.fine_tunes_trunk:
+        loss += trunk.regularization_loss()
+      if lasso is not None:
+        loss += lasso.penalty(name)
+      scaled = distribute.scale_loss(loss)
+    grads = tape.gradient(scaled, variables)
+    grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+    optimizer.apply_gradients(zip(grads, variables))
+    if lasso is not None:
+      lasso.project(name)
+    return loss
+
+  return step
+
+
+# Per evaluation: (height, width) of its network input and its batch in the 'evals' benchmark.
+_EVAL_SIZES = {"imagenet_linear": ((224, 224), 8), "nyu_depth": ((240, 320), 4),
+               "voc_detection": ((512, 512), 2)}
+
+
+def _eval_features(name, trunk, height, width, batch):
+  """(evaluation, training batch, PREDICT batch, input description) for the 'evals' benchmark.
+
+  The linear probe and depth take random images with constant labels. Detection's features
+  (image_info, anchor targets, ground truth) come from its own parser: a `VocDetection` on its
+  toy scenes (drawn at the input size, a few of them) at output_size (height, width).
+  """
+  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
+  if name == "voc_detection":
+    from mtssl_tf.evals import voc_detection  # pylint: disable=g-import-not-at-top
+    evaluation = voc_detection.VocDetection(trunk, dataset="toy", batch_size=batch,
+                                            output_size=(height, width), shuffle_buffer=batch)
+    # A few scenes are enough; the default 256 + 64 at 512x512 take ~25 s to draw.
+    evaluation.toy_data = lambda training: voc_detection.toy_detection_scenes(
+        num_scenes=2 * batch, size=(height, width), num_classes=evaluation.num_classes,
+        seed=0 if training else 1)
+    train = next(iter(evaluation.input_fn(None, split="train")))
+    test = next(iter(evaluation.input_fn(None, split=evaluation.eval_split)))
+    return evaluation, train, test, "toy scenes through its parser"
+  evaluation = evals_base.get(name)(trunk)
+  images = input_convention.to_trunk_input(
+      tf.random.uniform([batch, height, width, 3], 0, 255, seed=0))
+  features = {f"{name}/image": images}
+  if name == "imagenet_linear":
+    evaluation.num_classes = 1000
+    features["imagenet_linear/label"] = tf.zeros([batch], tf.int32)
+  elif name == "nyu_depth":
+    features["nyu_depth/depth"] = tf.ones([batch, height, width])
+    features["nyu_depth/valid"] = tf.ones([batch, height, width], tf.bool)
+  return evaluation, features, features, "random images, constant labels"
+
+
+def benchmark_evals():
+  unknown = set(FLAGS.evals) - set(_EVAL_SIZES)
+  if unknown:
+    raise app.UsageError(f"--evals: unknown {sorted(unknown)}; choose {sorted(_EVAL_SIZES)}.")
   for name in FLAGS.evals:
-    (height, width), batch = sizes[name]
-    trunk = trunk_lib.Trunk(depth=FLAGS.task_depth)
-    evaluation = evals_base.get(name)(trunk)
-    images = input_convention.to_trunk_input(
-        tf.random.uniform([batch, height, width, 3], 0, 255, seed=0))
-    key = f"{name}/image"
-    features = {key: images}
-    if name == "imagenet_linear":
-      evaluation.num_classes = 1000
-      features["imagenet_linear/label"] = tf.zeros([batch], tf.int32)
-    elif name == "nyu_depth":
-      features["nyu_depth/depth"] = tf.ones([batch, height, width])
-      features["nyu_depth/valid"] = tf.ones([batch, height, width], tf.bool)
-    else:
-      emit(benchmark="eval", evaluation=name, note="needs its parser's features; not measured")
-      continue
-    predict = tf.function(lambda f: evaluation.model_fn(f, "predict").predictions)  # pylint: disable=cell-var-from-loop
-    forward = tf.function(lambda x: trunk(x, training=False,  # pylint: disable=cell-var-from-loop
-                                          output_stride=evaluation.output_stride)["block3"])  # pylint: disable=cell-var-from-loop
-    predict_t, forward_t = [], []
-    for _ in range(FLAGS.rounds):
-      predict_t.append(_seconds(lambda: tf.nest.map_structure(  # pylint: disable=cell-var-from-loop
-          lambda t: t.numpy(), predict(features)), FLAGS.steps))  # pylint: disable=cell-var-from-loop
-      forward_t.append(_seconds(lambda: forward(images).numpy(), FLAGS.steps))  # pylint: disable=cell-var-from-loop
-    predict_s, forward_s = statistics.median(predict_t), statistics.median(forward_t)
-    emit(benchmark="eval", evaluation=name, depth=FLAGS.task_depth, size=[height, width],
-         batch_size=batch, output_stride=evaluation.output_stride,
-         eval_images_per_s=round(batch / predict_s, 2),
-         trunk_forward_images_per_s=round(batch / forward_s, 2),
-         ratio_eval_over_trunk=round(forward_s / predict_s, 3))
+    _benchmark_eval(name)
+
+
+def _benchmark_eval(name):
+  """One evaluation's PREDICT pass and training step beside the bare trunk's; emits a record."""
+  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
+  (height, width), batch = _EVAL_SIZES[name]
+  trunk = trunk_lib.Trunk(depth=FLAGS.task_depth)
+  evaluation, train_features, features, source = _eval_features(name, trunk, height, width,
+                                                                 batch)
+  images, train_images = features[f"{name}/image"], train_features[f"{name}/image"]
+  stride = evaluation.output_stride
+  # The variables exist before the optimizer is built, as in mtssl_tf/evaluation.py.
+  evaluation.model_fn(tf.nest.map_structure(lambda t: t[:1], features), evals_base.Mode.PREDICT)
+  predict = tf.function(lambda f: evaluation.model_fn(f, evals_base.Mode.PREDICT).predictions)
+  forward = tf.function(lambda x: trunk(x, training=False, output_stride=stride)["block3"])
+  eval_step = eval_train_step(evaluation)
+  trunk_step = make_train_step(
+      lambda x: trunk(x, training=True, output_stride=stride)["block3"],
+      trunk.trainable_variables)
+  measured = {
+      "predict": lambda: tf.nest.map_structure(lambda t: t.numpy(), predict(features)),
+      "forward": lambda: forward(images).numpy(),
+      "eval_train": lambda: eval_step(train_features).numpy(),
+      "trunk_train": lambda: trunk_step(train_images).numpy(),
+  }
+  rounds = {k: [] for k in measured}
+  for _ in range(FLAGS.rounds):
+    for k, fn in measured.items():
+      rounds[k].append(_seconds(fn, FLAGS.steps))
+  seconds = {k: statistics.median(v) for k, v in rounds.items()}
+  emit(benchmark="eval", evaluation=name, depth=FLAGS.task_depth, size=[height, width],
+       batch_size=batch, output_stride=stride, input=source,
+       eval_images_per_s=round(batch / seconds["predict"], 2),
+       trunk_forward_images_per_s=round(batch / seconds["forward"], 2),
+       ratio_eval_over_trunk=round(seconds["forward"] / seconds["predict"], 3),
+       eval_trains_trunk=evaluation.fine_tunes_trunk,
+       eval_train_images_per_s=round(batch / seconds["eval_train"], 2),
+       trunk_train_images_per_s=round(batch / seconds["trunk_train"], 2),
+       ratio_eval_train_over_trunk_train=round(seconds["trunk_train"] / seconds["eval_train"],
+                                               3),
+       round_s={k: [round(t, 3) for t in v] for k, v in rounds.items()})
 
 
 def main(argv):
@@ -443,22 +571,64 @@ def main(argv):
   if FLAGS.worker_output:
     _run_worker(FLAGS.worker_output)
     return
-  emit(benchmark="machine", tensorflow=tf.__version__, cpus=os.cpu_count(),
-       gpus=len(tf.config.list_physical_devices("GPU")))
-  unknown = set(FLAGS.benchmarks) - {"trunk", "inputs", "motion_labels", "training", "evals"}
+  gpus = tf.config.list_physical_devices("GPU")
+  emit(benchmark="machine", tensorflow=tf.__version__, cpus=os.cpu_count(), gpus=len(gpus),
+       built_with_cuda=tf.test.is_built_with_cuda(),
+       device=accelerator_benchmark.device_description()[0])
+  benchmarks = FLAGS.benchmarks
+  if FLAGS.device == "gpu":
+    if not gpus:
+      raise app.UsageError(
+          "--device=gpu, but TensorFlow sees no GPU (built with CUDA: "
+          f"{tf.test.is_built_with_cuda()}). Install tensorflow[and-cuda]=={tf.__version__} "
+          "(tools/gpu_check.sh does) and check nvidia-smi.")
+    if not FLAGS["benchmarks"].present:
+      benchmarks = ["precision"]
+  known = {"trunk", "inputs", "motion_labels", "training", "evals", "precision"}
+  unknown = set(benchmarks) - known
   if unknown:
-    raise app.UsageError(f"--benchmarks: unknown {sorted(unknown)}; choose trunk, inputs, "
-                         "motion_labels, training, evals.")
-  if "evals" in FLAGS.benchmarks:
+    raise app.UsageError(f"--benchmarks: unknown {sorted(unknown)}; choose from "
+                         f"{sorted(known)}.")
+  if "precision" in benchmarks:
+    benchmark_precision(gpu=bool(gpus))
+  if "evals" in benchmarks:
     benchmark_evals()
-  if "training" in FLAGS.benchmarks:
+  if "training" in benchmarks:
     benchmark_training()
-  if "motion_labels" in FLAGS.benchmarks:
+  if "motion_labels" in benchmarks:
     benchmark_motion_labels()
-  if "inputs" in FLAGS.benchmarks:
+  if "inputs" in benchmarks:
     benchmark_inputs()
-  if "trunk" in FLAGS.benchmarks:
+  if "trunk" in benchmarks:
     benchmark_trunk()
+
+
+def benchmark_precision(gpu):
+  """The trunk's and each task's step per precision mode (tools/accelerator_benchmark.py)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
+  batch = FLAGS.precision_batch_size or (128 if gpu else FLAGS.batch_size)
+  accelerator_benchmark.benchmark_trunk_precision(
+      FLAGS.modes, FLAGS.depth, FLAGS.precision_size, batch, FLAGS.steps, FLAGS.rounds, emit)
+  if not FLAGS.precision_tasks:
+    return
+  gin.clear_config()
+  common.parse_gin(["trunk/resnet_v2_101.gin"] + [f"tasks/{t}.gin" for t in FLAGS.precision_tasks],
+                   [f"Trunk.depth = {FLAGS.depth}"] + FLAGS.task_gin)
+
+  def make_sources():
+    folder = tempfile.mkdtemp(prefix="mtssl_benchmark_data_")
+    write_jpegs(folder)
+    motion_path = write_motion_records(folder)
+    return (lambda ctx: sources.image_dataset(source="folder", pattern=folder,
+                                              input_context=ctx),
+            lambda ctx: motion_records.motion_dataset(source="tfrecord", pattern=motion_path,
+                                                      input_context=ctx))
+
+  accelerator_benchmark.benchmark_task_precision(
+      FLAGS.modes, FLAGS.precision_tasks, FLAGS.steps, FLAGS.input_seconds, emit, make_sources,
+      input_examples_per_s)
+  gin.clear_config()
 
 
 def benchmark_trunk():

@@ -1,12 +1,12 @@
 """Gathers evaluation results JSONs into markdown tables shaped like the paper's Tables 1-4.
 
   python tools/results_table.py --results=rp=/results/rp --results=col=/results/col \
-      --results=random=/results/random --results=imagenet=/results/imagenet \
+      --results=random=/results/random --results=imagenet_supervised=/results/imagenet \
       --results=rp_col_ex_ms=/results/rp_col_ex_ms \
       --results=rp_col_ex_ms=/results/rp_col_ex_ms_eval_lasso --output=/tmp/tables.md
 
 Inputs: `--results=NAME=DIR_OR_GLOB`, repeatable, maps an experiment (a gin file's name under
-gin/experiments/, e.g. `rp`, `rp_col_harmonized`; or `random`, `imagenet`) to its results JSONs,
+gin/experiments/, e.g. `rp`, `rp_col_harmonized`; or `random`, `imagenet_supervised`) to its results JSONs,
 as `mtssl_tf.evaluation` writes them (`<evaluation>-<ckpt-N|random>.json`): a directory (its
 *.json) or a glob. A NAME may be given several times (e.g. one directory per evaluation). A
 results file with "init": "random" always belongs to the "Random Init" row, whatever its NAME;
@@ -46,14 +46,15 @@ from absl import logging
 FLAGS = flags.FLAGS
 
 # Display names of the rows, by experiment name (gin/experiments/<name>.gin), as the paper
-# writes them. `random` is the untrained trunk, `imagenet` the supervised ImageNet ResNet-101.
+# writes them. `random` is the untrained trunk, `imagenet_supervised` the supervised ImageNet
+# ResNet-101 (gin/experiments/imagenet_supervised.gin, or slim's public checkpoint).
 ROW_NAMES = {
     "rp": "Rel. Pos.",
     "col": "Color",
     "ex": "Exemplar",
     "ms": "Motion Seg.",
     "random": "Random Init",
-    "imagenet": "INet Labels",
+    "imagenet_supervised": "INet Labels",
     "rp_col": "RP+Col",
     "rp_ex": "RP+Ex",
     "rp_ms": "RP+MS",
@@ -90,7 +91,7 @@ PAPER = {
            ("nyu_depth", "delta1_pct"): 74.2},
     "rp_col_ex_ms": {("imagenet_linear", "top5"): 69.3, ("voc_detection", "map50_voc07"): 70.5,
                      ("nyu_depth", "delta1_pct"): 79.3},
-    "imagenet": {("voc_detection", "map50_voc07"): 74.2},
+    "imagenet_supervised": {("voc_detection", "map50_voc07"): 74.2},
     "random": {("imagenet_linear", "top5"): 10.5},
 }
 
@@ -108,12 +109,12 @@ TABLES = (
     Table("Table 1. Individual self-supervised tasks (ImageNet: top-1 and top-5 with frozen "
           "features; PASCAL VOC 2007 mAP and NYU depth with fine-tuning)",
           (TOP1, TOP5, VOC07, NYU),
-          tuple(_row(e) for e in ("rp", "col", "ex", "ms", "random", "imagenet"))),
+          tuple(_row(e) for e in ("rp", "col", "ex", "ms", "random", "imagenet_supervised"))),
     Table("Table 2. Combinations of self-supervised tasks (ImageNet: Recall@5; PASCAL: mAP; "
           "NYU: % pixels below 1.25)",
           (RECALL5, VOC, NYU),
           (_row("rp", label="RP"),) + tuple(_row(e) for e in (
-              "rp_col", "rp_ex", "rp_ms", "rp_ex_col", "rp_col_ex_ms", "imagenet"))),
+              "rp_col", "rp_ex", "rp_ms", "rp_ex_col", "rp_col_ex_ms", "imagenet_supervised"))),
     Table("Table 3. With and without harmonization (H: relative position on grayscale inputs)",
           (RECALL5, VOC, NYU),
           (_row("rp", label="RP"), _row("rp_harmonized"), _row("rp_col"),

@@ -3,6 +3,8 @@
   mtssl-train --gin_file=experiments/rp_col_ex_ms.gin --model_dir=/runs/rp_col_ex_ms
   mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --strategy=mirrored
   TF_CONFIG=... mtssl-train --gin_file=... --model_dir=gs://... --strategy=multi_worker
+  mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --precision=mixed_bfloat16 \
+    --jit_compile                                     # GPUs: bf16 compute, XLA-compiled steps
 
 Everything else is gin (MultiTaskTrainer.*, run_training.*, <task>/TaskSettings.*). Running it again with
 the same --model_dir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves a checkpoint at
@@ -24,6 +26,14 @@ flags.DEFINE_integer("num_steps", None, "Global steps to train to (overrides "
                      "run_training.num_steps).")
 flags.DEFINE_enum("strategy", None, ["default", "mirrored", "multi_worker"],
                   "Distribution strategy (overrides run_training.strategy_name).")
+flags.DEFINE_enum("precision", None, ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Compute precision (overrides MultiTaskTrainer.precision); variables and "
+                  "checkpoints stay float32.")
+flags.DEFINE_bool("jit_compile", None, "Compile each task's step with XLA (overrides "
+                  "MultiTaskTrainer.jit_compile).")
+flags.DEFINE_string("tf_data_service", None, "Address (grpc://host:port) of a tf.data service "
+                    "dispatcher: input pipelines run on its workers (overrides "
+                    "distribute_input.tf_data_service).")
 common.define_gin_flags()
 
 
@@ -35,7 +45,14 @@ def main(argv):
   if not FLAGS.gin_file:
     raise app.UsageError("--gin_file is required, e.g. --gin_file=experiments/rp.gin "
                          "(files under gin/ are found by their relative path).")
-  common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+  bindings = list(FLAGS.gin_param or [])
+  if FLAGS.precision is not None:
+    bindings.append(f"MultiTaskTrainer.precision = {FLAGS.precision!r}")
+  if FLAGS.jit_compile is not None:
+    bindings.append(f"MultiTaskTrainer.jit_compile = {FLAGS.jit_compile}")
+  if FLAGS.tf_data_service is not None:
+    bindings.append(f"distribute_input.tf_data_service = {FLAGS.tf_data_service!r}")
+  common.parse_gin(FLAGS.gin_file, bindings)
   overrides = {}
   if FLAGS.num_steps is not None:
     overrides["num_steps"] = FLAGS.num_steps

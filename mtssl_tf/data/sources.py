@@ -420,3 +420,38 @@ def image_dataset(source="toy",
   if source == "toy":
     return _toy_dataset(num_toy_images, tuple(toy_size), seed, input_context)
   raise ValueError(f"Unknown image source {source!r}; choose one of {SOURCES}.")
+
+
+@gin.configurable
+def tfds_split(name, split, data_dir=None, manual_dir=None, input_context=None,
+               shuffle_files=False):
+  """A TFDS split as a dataset of its feature dicts, sharded for `input_context`.
+
+  Args:
+    name: TFDS dataset name, e.g. "imagenet2012", "voc/2007", "nyu_depth_v2".
+    split: e.g. "train", "validation", "test".
+    data_dir: TFDS data directory (None: TFDS's default).
+    manual_dir: manual download directory (ImageNet's tars); prepared if not yet.
+    input_context: `tf.distribute.InputContext` or None.
+    shuffle_files: shuffle the order of files.
+
+  Returns:
+    (dataset, `tfds.core.DatasetInfo`).
+
+  Raises:
+    ValueError: naming the dataset, the directory and how to prepare it, when it is missing.
+  """
+  builder = tfds.builder(name, data_dir=data_dir)
+  if manual_dir is not None:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  try:
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=shuffle_files,
+        read_config=tfds.ReadConfig(input_context=input_context))
+  except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
+    raise ValueError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in "
+        f"{builder.data_dir!r}: {e}. Prepare it first (WORKSPACE.md), e.g. `tfds build {name} "
+        f"--data_dir=...`, and bind tfds_split.data_dir.") from e
+  return dataset, builder.info

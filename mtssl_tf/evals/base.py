@@ -9,9 +9,9 @@ pooled over the whole test set (mean AP, pixel ratios), which per-batch means wo
 The loop that trains, evaluates and writes results is `mtssl_tf/evaluation.py`.
 """
 
-import gin
 import tensorflow as tf
 
+from mtssl_tf.data.sources import tfds_split
 from mtssl_tf.tasks.base import Mode  # pylint: disable=unused-import
 from mtssl_tf.tasks.base import Spec  # pylint: disable=unused-import
 
@@ -147,39 +147,3 @@ class Evaluation(tf.Module):
 
   def metrics_accumulator(self):
     raise NotImplementedError
-
-
-@gin.configurable
-def tfds_split(name, split, data_dir=None, manual_dir=None, input_context=None,
-               shuffle_files=False):
-  """A TFDS split as a dataset of its feature dicts, sharded for `input_context`.
-
-  Args:
-    name: TFDS dataset name, e.g. "imagenet2012", "voc/2007", "nyu_depth_v2".
-    split: e.g. "train", "validation", "test".
-    data_dir: TFDS data directory (None: TFDS's default).
-    manual_dir: manual download directory (ImageNet's tars); prepared if not yet.
-    input_context: `tf.distribute.InputContext` or None.
-    shuffle_files: shuffle the order of files.
-
-  Returns:
-    (dataset, `tfds.core.DatasetInfo`).
-
-  Raises:
-    ValueError: naming the dataset, the directory and how to prepare it, when it is missing.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir)
-  if manual_dir is not None:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  try:
-    dataset = builder.as_dataset(
-        split=split, shuffle_files=shuffle_files,
-        read_config=tfds.ReadConfig(input_context=input_context))
-  except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
-    raise ValueError(
-        f"TFDS dataset {name!r} (split {split!r}) is not prepared in "
-        f"{builder.data_dir!r}: {e}. Prepare it first (WORKSPACE.md), e.g. `tfds build {name} "
-        f"--data_dir=...`, and bind tfds_split.data_dir.") from e
-  return dataset, builder.info

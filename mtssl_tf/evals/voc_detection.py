@@ -71,18 +71,15 @@ on 2 shared CPUs.
 import colorsys
 import functools
 
-from absl import logging
 import gin
 import numpy as np
 import tensorflow as tf
 
+from mtssl_tf import block4 as block4_lib
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.evals import base
 from mtssl_tf.evals import detection_metrics
-from mtssl_tf.slim_compat import resnet_utils
-from mtssl_tf.slim_compat import resnet_v2
-from mtssl_tf.slim_compat import slim
 from official.vision.dataloaders import maskrcnn_input
 from official.vision.losses import maskrcnn_losses
 from official.vision.modeling import maskrcnn_model
@@ -98,15 +95,11 @@ from official.vision.ops import preprocess_ops
 OUTPUT_STRIDE = 16
 # The one feature level, named as official.vision names levels (stride 2^4 = 16).
 LEVEL = "4"
-# Units of slim's block 4 by trunk depth (depth = 3 x the units of blocks 1-4, + 2; see trunk.py).
-BLOCK4_UNITS = {26: 2, 50: 3, 101: 3, 152: 3}
 # Toy scenes: the shape of class c is c % 3 (rectangle, ellipse, triangle); its hue c / C.
 TOY_SHAPES = ("rectangle", "ellipse", "triangle")
 TOY_NUM_CLASSES = 3
 # Feature and prediction keys start with the evaluation's name.
 _PREFIX = "voc_detection/"
-# Error messages list at most this many variables by name.
-_MAX_LISTED = 40
 
 
 def _key(name):
@@ -375,9 +368,9 @@ class SlimBlock4BoxHead(tf.keras.layers.Layer):
   """The RoI head: slim's ResNet-v2 block 4 and post-norm, pooled, then two linear layers.
 
   Takes RoIAlign crops [B, N, h, w, C] (official.vision's `DetectionHead` interface), max-pools
-  them 2x2 (14x14 -> 7x7, as the TF object detection API's ResNet Faster R-CNN), runs slim's
-  `block4` (stride 1, 2048 channels) and `postnorm` (batch norm + ReLU) under the variable
-  scope `resnet_v2_<depth>` so the names match slim's checkpoints, averages over space and
+  them 2x2 (14x14 -> 7x7, as the TF object detection API's ResNet Faster R-CNN), runs
+  `block4.Block4` (slim's block 4, stride 1, 2048 channels, and `postnorm`, under the variable
+  scope `resnet_v2_<depth>` so the names match slim's checkpoints), averages over space and
   returns (class logits [B, N, num_classes], box deltas [B, N, 4 num_classes]).
   """
 
@@ -387,7 +380,7 @@ class SlimBlock4BoxHead(tf.keras.layers.Layer):
 
     Args:
       num_classes: classes including the background (C + 1).
-      depth: the trunk's depth: the scope name and block 4's units (`BLOCK4_UNITS`).
+      depth: the trunk's depth: the scope name and block 4's units (`block4.BLOCK4_UNITS`).
       train_batch_norm: batch norm uses batch statistics (and updates its moving averages)
         when called with training=True; when False always the moving statistics.
       weight_decay: slim's L2 weight decay scale on block 4's weights.
@@ -397,18 +390,13 @@ class SlimBlock4BoxHead(tf.keras.layers.Layer):
       **kwargs: passed to `tf.keras.layers.Layer`.
     """
     super().__init__(**kwargs)
-    if depth not in BLOCK4_UNITS:
-      raise ValueError(f"No block 4 for trunk depth {depth!r}; known: {sorted(BLOCK4_UNITS)}.")
     self.num_classes = num_classes
     self.depth = depth
-    self.scope = trunk_lib.scope_name(depth)
-    self.train_batch_norm = train_batch_norm
-    self.weight_decay = weight_decay
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
     self.pool_crops = pool_crops
-    self._block4 = resnet_v2.resnet_v2_block("block4", base_depth=512,
-                                             num_units=BLOCK4_UNITS[depth], stride=1)
+    self.block4 = block4_lib.Block4(
+        depth=depth, train_batch_norm=train_batch_norm, weight_decay=weight_decay,
+        batch_norm_decay=batch_norm_decay, batch_norm_epsilon=batch_norm_epsilon)
+    self.scope = self.block4.scope
     # Initializers as py-faster-rcnn's: N(0, 0.01) scores, N(0, 0.001) box deltas.
     self.classifier = tf.keras.layers.Dense(
         num_classes, kernel_initializer=tf.keras.initializers.RandomNormal(stddev=0.01),
@@ -417,40 +405,19 @@ class SlimBlock4BoxHead(tf.keras.layers.Layer):
         num_classes * 4, kernel_initializer=tf.keras.initializers.RandomNormal(stddev=0.001),
         name="detection-boxes")
 
-  @tf.compat.v1.keras.utils.track_tf1_style_variables
   def call(self, inputs, training=None):
     _, num_rois, height, width, channels = inputs.get_shape().as_list()
     net = tf.reshape(inputs, [-1, height, width, channels])
     if self.pool_crops:
       net = tf.nn.max_pool2d(net, 2, 2, "VALID")
-    with slim.arg_scope(trunk_lib.trunk_arg_scope(
-        weight_decay=self.weight_decay, batch_norm_decay=self.batch_norm_decay,
-        batch_norm_epsilon=self.batch_norm_epsilon)):
-      with tf.compat.v1.variable_scope(self.scope, values=[net],
-                                       custom_getter=self._variable_getter):
-        with slim.arg_scope([slim.batch_norm],
-                            is_training=bool(training) and self.train_batch_norm):
-          net = resnet_utils.stack_blocks_dense(net, [self._block4])
-          net = slim.batch_norm(net, activation_fn=tf.nn.relu, scope="postnorm")
-    net = tf.reshape(tf.reduce_mean(net, [1, 2]), [-1, num_rois, net.shape[-1]])
+    net = self.block4(net, training=training)["pooled"]
+    net = tf.reshape(net, [-1, num_rois, net.shape[-1]])
     return self.classifier(net), self.box_regressor(net)
-
-  def _variable_getter(self, getter, name, *args, **kwargs):
-    # As Trunk._variable_getter: MirroredStrategy's replica threads find the variables by
-    # name, and batch norm statistics aggregate by MEAN.
-    if kwargs.get("reuse") is True:
-      existing = {v.name.split(":")[0]: v for v in self.variables}
-      if name in existing:
-        return existing[name]
-    if name.endswith(("/moving_mean", "/moving_variance")):
-      kwargs["aggregation"] = tf.VariableAggregation.MEAN
-    return getter(name, *args, **kwargs)
 
   @property
   def slim_variables(self):
     """Block 4's and postnorm's variables, by slim name ('resnet_v2_101/block4/...')."""
-    return {v.name.split(":")[0]: v for v in self.variables
-            if v.name.startswith((f"{self.scope}/block4/", f"{self.scope}/postnorm/"))}
+    return self.block4.slim_variables
 
 
 def load_box_head_checkpoint(head, path):
@@ -459,7 +426,8 @@ def load_box_head_checkpoint(head, path):
   Args:
     head: a built `SlimBlock4BoxHead`.
     path: a checkpoint prefix or directory holding `resnet_v2_<depth>/block4/...` and
-      `resnet_v2_<depth>/postnorm/...` (slim's public `resnet_v2_101.ckpt` does).
+      `resnet_v2_<depth>/postnorm/...`: slim's public `resnet_v2_101.ckpt`, or a checkpoint
+      of the ImageNet-labels baseline (`gin/experiments/imagenet_supervised.gin`).
 
   Returns:
     Sorted list of the variable names loaded.
@@ -469,32 +437,9 @@ def load_box_head_checkpoint(head, path):
     ValueError: if the head is not built, or any of its block 4 / postnorm variables is
       missing from the checkpoint or has another shape (all offenders listed).
   """
-  prefix = trunk_lib.resolve_checkpoint(path)
-  wanted = head.slim_variables
-  if not wanted:
-    raise ValueError("The box head has no variables yet: call it once before loading.")
-  reader = tf.train.load_checkpoint(prefix)
-  shapes = reader.get_variable_to_shape_map()
-  missing = sorted(n for n in wanted if n not in shapes)
-  misshaped = sorted(f"{n}: checkpoint {shapes[n]}, head {wanted[n].shape.as_list()}"
-                     for n in wanted if n in shapes and list(shapes[n]) != wanted[n].shape)
-  if missing or misshaped:
-    scopes = sorted({n.split("/")[0] for n in shapes if n.startswith("resnet_v2_")})
-    lines = [f"Checkpoint {prefix} does not fit the box head's {head.scope}/block4 and "
-             f"{head.scope}/postnorm; it holds ResNet-v2 scopes {scopes}."]
-    if missing:
-      more = f", ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-      lines.append(f"Missing {len(missing)} variables: "
-                   f"{', '.join(missing[:_MAX_LISTED])}{more}")
-    if misshaped:
-      lines.append(f"Mis-shaped {len(misshaped)} variables: " + "; ".join(misshaped))
-    lines.append("Give slim's resnet_v2_<depth>.ckpt of the trunk's depth "
-                 "(gin: voc_detection.block4_checkpoint, Trunk.depth).")
-    raise ValueError("\n".join(lines))
-  for name, var in wanted.items():
-    var.assign(reader.get_tensor(name))
-  logging.info("voc_detection: loaded %d box head variables from %s.", len(wanted), prefix)
-  return sorted(wanted)
+  return block4_lib.load_checkpoint(
+      head.slim_variables, path,
+      what=f"box head's {head.scope}/block4 and {head.scope}/postnorm")
 
 
 class _Block3AsFeatureLevel(tf.keras.layers.Layer):

@@ -141,7 +141,8 @@ class Colorization(base.Task):
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN
     block3 = self.representation(features["colorization/image"], training)
-    logits = self.head(block3, training=training)
+    # Float32 from here (mixed precision): the softmax and the 313-bin math.
+    logits = tf.cast(self.head(block3, training=training), tf.float32)
     probs = tf.nn.softmax(logits)
     predictions = {"colorization/ab": color.annealed_mean(probs)}
     if mode == base.Mode.PREDICT:

@@ -387,7 +387,8 @@ class Exemplar(base.Task):
     x1 = features["exemplar/x1"]
     if mode == base.Mode.PREDICT:
       embedding = self.embed(x1, training)
-      return base.Spec(predictions={"exemplar/embedding": tf.math.l2_normalize(embedding, -1)})
+      return base.Spec(predictions={"exemplar/embedding": tf.math.l2_normalize(
+          tf.cast(embedding, tf.float32), -1)})
     x2 = features["exemplar/x2"]
     batch = x1.shape[0]
     if batch is not None and batch < 2:
@@ -403,5 +404,5 @@ class Exemplar(base.Task):
     # x3 of example i is x2 of example (i + 1) mod B: a different image, no extra trunk pass.
     negative = tf.roll(positive, shift=-1, axis=0)
     loss, metrics = triplet_loss(anchor, positive, negative)
-    predictions = {"exemplar/embedding": tf.math.l2_normalize(anchor, -1)}
+    predictions = {"exemplar/embedding": tf.math.l2_normalize(tf.cast(anchor, tf.float32), -1)}
     return base.Spec(loss=loss, predictions=predictions, metrics=metrics)

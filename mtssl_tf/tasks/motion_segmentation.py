@@ -168,7 +168,7 @@ class MotionSegmentation(base.Task):
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN
     block3 = self.representation(features["motion_segmentation/image"], training)
-    logits = self.head(block3, training=training)
+    logits = tf.cast(self.head(block3, training=training), tf.float32)  # mixed precision
     predictions = {
         "motion_segmentation/logits": logits,
         "motion_segmentation/moving_probability": tf.nn.softmax(logits)[..., 1],

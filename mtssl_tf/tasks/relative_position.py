@@ -285,7 +285,7 @@ class RelativePosition(base.Task):
     block3 = self.representation(flat, training)
     per_patch = self.patch_head(block3, training=training)
     pair = tf.reshape(per_patch, [-1, 2 * per_patch.shape[-1]])
-    logits = self.pair_head(pair, training=training)
+    logits = tf.cast(self.pair_head(pair, training=training), tf.float32)  # mixed precision
     predictions = {
         "relative_position/logits": logits,
         "relative_position/probabilities": tf.nn.softmax(logits),

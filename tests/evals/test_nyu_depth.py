@@ -45,6 +45,99 @@ def test_up_projection_matches_its_definition():
   np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
 
 
+def _relative_error(actual, expected):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  return np.abs(actual - expected).max() / np.abs(expected).max()
+
+
+def test_unpool_conv5x5_is_the_5x5_convolution_of_the_unpooled_map():
+  rng = np.random.RandomState(0)
+  for shape in ([2, 5, 7, 8], [1, 4, 6, 3], [1, 1, 1, 2]):
+    inputs = tf.constant(rng.randn(*shape).astype(np.float32))
+    kernel = tf.constant(rng.randn(5, 5, shape[3], 6).astype(np.float32))
+    expected = tf.nn.conv2d(nyu_depth.unpool(inputs), kernel, 1, "SAME")
+    assert _relative_error(nyu_depth.unpool_conv5x5(inputs, kernel), expected) < 1e-5, shape
+  with pytest.raises(ValueError, match="5x5"):
+    nyu_depth.unpool_conv5x5(inputs, tf.zeros([3, 3, 2, 6]))
+
+
+def _fast_and_plain_blocks(shape, filters=6, seed=0):
+  """UpProjection(fast=True) and (fast=False), built on `shape`, sharing random weights."""
+  fast = nyu_depth.UpProjection(filters, fast=True)
+  plain = nyu_depth.UpProjection(filters, fast=False)
+  inputs = tf.zeros(shape)
+  fast(inputs)
+  plain(inputs)
+  rng = np.random.RandomState(seed)
+  # Random batch norm statistics too (variances positive), so inference mode is not trivial.
+  weights = [rng.uniform(0.5, 1.5, w.shape) if "variance" in v.name else rng.randn(*w.shape)
+             for v, w in zip(fast.weights, fast.get_weights())]
+  fast.set_weights(weights)
+  plain.set_weights(weights)
+  return fast, plain
+
+
+@pytest.mark.parametrize("shape", [[2, 5, 7, 8], [1, 4, 6, 3]])
+def test_fast_up_projection_equals_the_plain_one(shape):
+  fast, plain = _fast_and_plain_blocks(shape)
+  assert fast.get_config()["fast"] and not plain.get_config()["fast"]
+  inputs = tf.constant(np.random.RandomState(1).randn(*shape).astype(np.float32))
+  for training in (False, True):
+    expected = plain(inputs, training=training)
+    assert expected.shape == (shape[0], 2 * shape[1], 2 * shape[2], 6)
+    assert np.mean(expected.numpy() > 0) > 0.2  # not all clipped by the ReLU
+    assert _relative_error(fast(inputs, training=training), expected) < 1e-4, training
+  # Training updated both blocks' batch norm statistics alike.
+  for a, b in zip(fast.get_weights(), plain.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for training in (False, True):
+    expected = plain(inputs, training=training)
+    assert _relative_error(tf.function(fast)(inputs, training=training), expected) < 1e-4
+  # Unknown spatial sizes in a graph.
+  dynamic = tf.function(fast, input_signature=[tf.TensorSpec([None, None, None, shape[3]])])
+  assert _relative_error(dynamic(inputs), plain(inputs)) < 1e-4
+
+
+def test_fast_up_projection_has_the_plain_gradients():
+  shape = [2, 5, 7, 8]
+  fast, plain = _fast_and_plain_blocks(shape, seed=2)
+  rng = np.random.RandomState(3)
+  inputs = tf.constant(rng.randn(*shape).astype(np.float32))
+  upstream = tf.constant(rng.randn(shape[0], 2 * shape[1], 2 * shape[2], 6).astype(np.float32))
+  gradients = []
+  for block in (fast, plain):
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      loss = tf.reduce_sum(block(inputs, training=True) * upstream)
+    gradients.append(tape.gradient(
+        loss, [inputs, block.conv1.kernel, block.projection.kernel, block.conv2.kernel]))
+  for name, fast_grad, plain_grad in zip(["inputs", "conv1", "projection", "conv2"],
+                                         *gradients):
+    assert _relative_error(fast_grad, plain_grad) < 1e-4, name
+
+
+def test_fast_and_plain_decoders_have_the_same_variables_and_checkpoints(tmp_path):
+  inputs = tf.constant(np.random.RandomState(4).randn(1, 2, 3, 16).astype(np.float32))
+  fast = nyu_depth.DepthDecoder(filters=(8, 6, 4), fast=True)
+  plain = nyu_depth.DepthDecoder(filters=(8, 6, 4), fast=False)
+  tf.function(fast)(inputs)  # built inside a graph, the other eagerly
+  plain(inputs)
+  names_and_shapes = lambda layer: [(v.name, tuple(v.shape)) for v in layer.variables]
+  assert names_and_shapes(fast) == names_and_shapes(plain)
+  assert ("nyu_depth_decoder/up_projection_1/conv1/kernel:0", (5, 5, 16, 8)) in (
+      names_and_shapes(fast))
+  assert ("nyu_depth_decoder/up_projection_3/projection/kernel:0", (5, 5, 6, 4)) in (
+      names_and_shapes(fast))
+  assert fast.get_config()["fast"] and not plain.get_config()["fast"]
+  # A checkpoint of the fast decoder restores into the plain one and gives the same output.
+  for variable in fast.variables:
+    variable.assign(tf.random.normal(variable.shape, seed=5) * 0.1 + (
+        1.0 if "variance" in variable.name or "gamma" in variable.name else 0.0))
+  path = tf.train.Checkpoint(decoder=fast).write(str(tmp_path / "fast"))
+  tf.train.Checkpoint(decoder=plain).read(path).assert_consumed()
+  assert _relative_error(plain(inputs), fast(inputs)) < 1e-4
+
+
 @pytest.fixture(scope="module")
 def trunk_and_decoder():
   return trunk_lib.Trunk(depth=26), nyu_depth.DepthDecoder()

@@ -11,8 +11,8 @@ from mtssl_tf.tasks import base
 
 
 def test_registry_knows_the_image_tasks():
-  assert set(base.registered()) == {"colorization", "exemplar", "motion_segmentation",
-                                    "relative_position"}
+  assert set(base.registered()) == {"colorization", "exemplar", "imagenet_labels",
+                                    "motion_segmentation", "relative_position"}
   assert base.get("colorization").output_stride == 8
   assert base.get("relative_position").output_stride == 32
   with pytest.raises(KeyError, match="registered tasks"):

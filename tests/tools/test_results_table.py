@@ -42,7 +42,7 @@ def _write(directory, evaluation, metrics, step=None, compute=None, init="checkp
 @pytest.fixture(name="dirs")
 def _dirs(tmp_path):
   """Results of several experiments; returns {name: directory} as given to --results."""
-  d = {n: str(tmp_path / n) for n in ("rp", "col", "random", "imagenet", "rp_col_ex_ms",
+  d = {n: str(tmp_path / n) for n in ("rp", "col", "random", "imagenet_supervised", "rp_col_ex_ms",
                                       "rp_col_ex_ms_evlasso", "rp_col_ex_ms_lasso", "demo")}
   # rp: steps 1000 (latest; sorts before 200 as text) and 200.
   for step, hours, top1, top5, ap, delta in ((1000, 12000, 0.3712, 0.6049, 0.6634, 79.96),
@@ -62,9 +62,9 @@ def _dirs(tmp_path):
   _write(d["col"], "imagenet_linear", {"top1": 0.1, "top5": 0.2}, 50, pretraining=False)
   _write(d["random"], "imagenet_linear", {"top1": 0.0321, "top5": 0.1049}, init="random")
   # ImageNet labels: slim's checkpoint, which has no step we can read.
-  _write(d["imagenet"], "voc_detection", {"map50_voc07": 0.7412},
+  _write(d["imagenet_supervised"], "voc_detection", {"map50_voc07": 0.7412},
          checkpoint="/ckpt/resnet_v2_101.ckpt", pretraining=False)
-  with open(os.path.join(d["imagenet"], "notes.json"), "w") as f:
+  with open(os.path.join(d["imagenet_supervised"], "notes.json"), "w") as f:
     json.dump({"comment": "not a results file"}, f)
   # Table 4: plain and lasso evaluations of the plain and the lasso-pretrained networks.
   _write(d["rp_col_ex_ms"], "imagenet_linear", {"top1": 0.5, "top5": 0.7004}, 3000, 16800 * HOUR)
@@ -110,7 +110,7 @@ def test_load_results_reads_steps_lasso_and_random_init(dirs):
   assert not any(k[0] == "rp" and k[3] is None for k in by)
   # Without "pretraining", the step comes from the checkpoint's name, and compute is unknown.
   assert by[("col", "imagenet_linear", False, 50)].compute is None
-  assert by[("imagenet", "voc_detection", False, None)].compute is None
+  assert by[("imagenet_supervised", "voc_detection", False, None)].compute is None
   assert by[("rp_col_ex_ms", "imagenet_linear", True, 3000)].metrics["top5"] == 0.7104
   assert by[("rp_col_ex_ms", "imagenet_linear", False, 3000)].metrics["top5"] == 0.7004
   # A glob, and a file matched twice, read once.
@@ -136,7 +136,7 @@ def test_load_results_errors(dirs, tmp_path):
 def test_select_latest_and_a_step(dirs):
   results = rt.load_results(_pairs(dirs))
   latest = rt.select(results)
-  assert sorted(latest) == [("col", False), ("demo", False), ("imagenet", False),
+  assert sorted(latest) == [("col", False), ("demo", False), ("imagenet_supervised", False),
                             ("random", False), ("rp", False), ("rp_col_ex_ms", False),
                             ("rp_col_ex_ms", True), ("rp_col_ex_ms_lasso", False),
                             ("rp_col_ex_ms_lasso", True)]
@@ -150,7 +150,7 @@ def test_select_latest_and_a_step(dirs):
   assert sorted(latest[("random", False)].results) == ["imagenet_linear", "nyu_depth"]
 
   at400 = rt.select(results, "400")
-  assert sorted(at400) == [("col", False), ("imagenet", False), ("random", False)]
+  assert sorted(at400) == [("col", False), ("imagenet_supervised", False), ("random", False)]
   assert at400[("col", False)].results["nyu_depth"].metrics["delta1_pct"] == 75.04
   assert rt.select(results, 200)[("rp", False)].results["imagenet_linear"].metrics[
       "top1"] == 0.2501
