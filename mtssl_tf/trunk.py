@@ -124,8 +124,9 @@ def slim_variable_getter(layer, getter, name, *args, **kwargs):
   - MirroredStrategy runs replicas 1..N-1 in threads of their own under `reuse=True`; the Keras
     shim's variable store (thread-local) is absent there and TF1's store would fail to find the
     variables. The layer's own variables are looked up by name instead.
-  - Batch norm statistics are created with MEAN aggregation so that replicas can update them
-    in replica context.
+  - Batch norm statistics are `ON_READ`/`MEAN` variables: each replica updates its own copy
+    (no all-reduce per layer and step, none inside an XLA-compiled step) and a read outside the
+    replicas gives their mean (`slim_compat`).
   - Under mixed precision slim asks for its conv weights in bfloat16 or float16: they are
     created float32 and handed to slim cast (`precision.float32_storage_getter`), so
     checkpoints are float32 and the same in every precision.
@@ -137,6 +138,7 @@ def slim_variable_getter(layer, getter, name, *args, **kwargs):
       variable = existing[name]
       return variable if dtype is None or dtype == variable.dtype else precision.autocast(variable)
   if name.endswith(("/moving_mean", "/moving_variance")):
+    kwargs["synchronization"] = tf.VariableSynchronization.ON_READ
     kwargs["aggregation"] = tf.VariableAggregation.MEAN
   return precision.float32_storage_getter(getter, name, *args, **kwargs)
 
