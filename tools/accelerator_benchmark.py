@@ -137,7 +137,7 @@ def benchmark_trunk_precision(modes, depth, size, batch_size, steps, rounds, emi
          depth=depth, size=size, batch_size=batch_size,
          images_per_s=round(batch_size / seconds, 2),
          forward_gflops_per_image=round(flops / 1e9, 2),
-         achieved_tflops=round(achieved, 3),
+         achieved_tflops=float(f"{achieved:.4g}"),
          datasheet_peak_tflops=peak,
          fraction_of_datasheet_peak=None if peak is None else round(achieved / peak, 3),
          matmul_peer_tflops=round(peer, 3),

@@ -33,5 +33,6 @@ def test_trunk_measurement_in_two_modes_on_the_cpu():
     assert record["images_per_s"] > 0 and record["matmul_peer_tflops"] > 0
     # The profiler's count for depth 26 at 32x32: the same network in both precisions.
     assert record["forward_gflops_per_image"] == records[0]["forward_gflops_per_image"] > 0
+    # (forward_gflops_per_image and images_per_s are rounded to 2 decimals.)
     assert record["achieved_tflops"] == pytest.approx(
         3 * record["forward_gflops_per_image"] * record["images_per_s"] / 1e3, rel=0.05)
