@@ -180,6 +180,20 @@ def ensure_min_size(image, min_size):
     return tf.cond(shorter < min_size, upsample, lambda: tf.identity(image))
 
 
+def resize_shorter_side(image, size):
+  """Resizes [H, W, C] so that its shorter side is `size` (bilinear, antialiased); float32."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  new = tf.cast(tf.math.ceil(shape * (size / tf.reduce_min(shape))), tf.int32)
+  return tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear", antialias=True)
+
+
+def center_crop(image, size):
+  """The central [size, size] window of [H, W, C] (H, W >= size)."""
+  shape = tf.shape(image)[:2]
+  top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
+
+
 def _check_input_context(input_context):
   if input_context is not None and not (
       0 <= input_context.input_pipeline_id < input_context.num_input_pipelines):

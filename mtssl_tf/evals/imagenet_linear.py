@@ -22,17 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import input_convention
+from mtssl_tf.data import sources
 from mtssl_tf.data import toy
 from mtssl_tf.evals import base
 
 RESIZE = 256
-
-
-def _resize_shorter(image, size):
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = size / tf.reduce_min(shape)
-  new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
-  return tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear", antialias=True)
 
 
 @gin.configurable("preprocess", module="imagenet_linear", denylist=["example", "training"])
@@ -52,7 +46,7 @@ def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=0.25,
   Returns:
     {'imagenet_linear/image': float32 [S, S, 3], 'imagenet_linear/label': int32 []}.
   """
-  image = _resize_shorter(example["image"], max(resize, crop_size))
+  image = sources.resize_shorter_side(example["image"], max(resize, crop_size))
   if training:
     image = tf.image.random_crop(image, [crop_size, crop_size, 3], seed=seed)
     image = image / 255.0
@@ -62,9 +56,7 @@ def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=0.25,
     image = tf.image.random_hue(image, hue, seed=seed)
     image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
   else:
-    shape = tf.shape(image)[:2]
-    top, left = (shape[0] - crop_size) // 2, (shape[1] - crop_size) // 2
-    image = image[top:top + crop_size, left:left + crop_size]
+    image = sources.center_crop(image, crop_size)
   image = tf.ensure_shape(image, [crop_size, crop_size, 3])
   return {"imagenet_linear/image": input_convention.to_trunk_input(image[None])[0],
           "imagenet_linear/label": tf.cast(example["label"], tf.int32)}

@@ -30,12 +30,6 @@ from mtssl_tf.tasks import base
 TOY_NUM_CLASSES = 8
 
 
-def _resize_shorter(image, size):
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  new = tf.cast(tf.math.ceil(shape * (size / tf.reduce_min(shape))), tf.int32)
-  return tf.image.resize(tf.cast(image, tf.float32), new, method="bilinear", antialias=True)
-
-
 @gin.configurable("preprocess", module="imagenet_labels", denylist=["example", "training"])
 def preprocess(example, training=True, crop_size=224, resize=256, area_range=(0.08, 1.0),
                aspect_ratio_range=(3 / 4, 4 / 3), label_offset=1, seed=None):
@@ -65,10 +59,8 @@ def preprocess(example, training=True, crop_size=224, resize=256, area_range=(0.
                             method="bilinear", antialias=True)
     image = tf.image.random_flip_left_right(image, seed=None if seed is None else seed + 1)
   else:
-    image = _resize_shorter(image, max(resize, crop_size))
-    shape = tf.shape(image)[:2]
-    top, left = (shape[0] - crop_size) // 2, (shape[1] - crop_size) // 2
-    image = image[top:top + crop_size, left:left + crop_size]
+    image = sources.center_crop(sources.resize_shorter_side(image, max(resize, crop_size)),
+                                crop_size)
   image = tf.ensure_shape(image, [crop_size, crop_size, 3])
   return {"imagenet_labels/image": input_convention.to_trunk_input(image[None])[0],
           "imagenet_labels/label": tf.cast(example["label"], tf.int32) + label_offset}
