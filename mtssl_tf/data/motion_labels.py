@@ -20,9 +20,10 @@ that idea, written with OpenCV:
    are filled. Then it is downsampled by `stride` (8, the paper's), a cell moving when at least
    half its pixels are.
 
-A static video gives an empty mask: nothing has residual motion. A frame whose homography
-cannot be fitted (too little texture) contributes no step; with no step at all the mask is
-empty, and `LabelStats.failed_steps` says so.
+A static video gives an empty mask: nothing has residual motion. A step whose homography
+cannot be fitted (too little texture) contributes no residual, though the tracks still follow
+its flow (and still end there if they leave the frame or fail the check); with no fitted step at
+all the mask is empty, and `LabelStats.failed_steps` says so.
 
 Thresholds are in pixels of the frames given, so label at a fixed size (the tool resizes to
 `max_side` 320 first); defaults are for that size. They were chosen on the built-in toy clips
@@ -164,14 +165,19 @@ def _to_gray(frame):
 def residual_steps(frames, config=LabelConfig()):
   """Tracks every pixel of frames[0] and counts its steps of motion the camera doesn't explain.
 
+  The tracks follow every step's flow, also a step whose homography cannot be fitted: that
+  step only has no residual to count, and the later flows are sampled where the tracks are.
+
   Args:
     frames: uint8 [T, H, W, 3] RGB (or [T, H, W] gray), T >= config.track_length + 1; frames
       after track_length + 1 are ignored.
     config: a `LabelConfig`.
 
   Returns:
-    (steps int32 [H, W]: steps each track lasted; above int32 [H, W]: steps whose residual
-    exceeded the threshold; LabelStats).
+    (steps int32 [H, W]: steps with a homography during which each track lasted; above int32
+    [H, W]: those whose residual exceeded the threshold; end_points float32 [H, W, 2]: the
+    (x, y) each pixel's track reached after the last step, followed through every flow even
+    after the track ended; LabelStats).
   """
   grays = [_to_gray(f) for f in frames[:config.track_length + 1]]
   height, width = grays[0].shape
@@ -184,28 +190,27 @@ def residual_steps(frames, config=LabelConfig()):
   inliers = []
   for k in range(len(grays) - 1):
     forward = dense_flow(grays[k], grays[k + 1], config.flow_method)
-    homography, inlier_fraction = camera_homography(forward, config.grid_step,
-                                                    config.ransac_threshold)
-    if homography is None:
-      stats.failed_steps += 1
-      continue
-    inliers.append(inlier_fraction)
     moved = points + _sample(forward, points)
-    residual = np.linalg.norm(moved - _apply_homography(homography, points), axis=-1)
     inside = ((moved[..., 0] >= 0) & (moved[..., 0] <= width - 1) &
               (moved[..., 1] >= 0) & (moved[..., 1] <= height - 1))
     if config.forward_backward_threshold > 0:
       backward = dense_flow(grays[k + 1], grays[k], config.flow_method)
       back = moved + _sample(backward, moved)
       inside &= np.linalg.norm(back - points, axis=-1) <= config.forward_backward_threshold
-    counted = alive & inside
-    steps += counted
-    above += counted & (residual > config.residual_threshold)
-    alive = counted
+    alive &= inside
+    homography, inlier_fraction = camera_homography(forward, config.grid_step,
+                                                    config.ransac_threshold)
+    if homography is None:
+      stats.failed_steps += 1
+    else:
+      inliers.append(inlier_fraction)
+      residual = np.linalg.norm(moved - _apply_homography(homography, points), axis=-1)
+      steps += alive
+      above += alive & (residual > config.residual_threshold)
+      stats.steps += 1
     points = moved
-    stats.steps += 1
   stats.inlier_fraction = float(np.mean(inliers)) if inliers else 0.0
-  return steps, above, stats
+  return steps, above, points, stats
 
 
 def clean_mask(mask, opening_size=3, min_component_fraction=0.002, max_hole_fraction=0.002):
@@ -285,7 +290,7 @@ def label_frame(frames, config=LabelConfig()):
   if len(frames) < config.track_length + 1:
     raise ValueError(f"Labelling a frame needs {config.track_length + 1} frames (track_length "
                      f"{config.track_length} + 1), got {len(frames)}.")
-  steps, above, stats = residual_steps(frames, config)
+  steps, above, _, stats = residual_steps(frames, config)
   moving = (steps >= config.min_track_steps) & (above >= config.min_moving_fraction * steps)
   mask = clean_mask(moving, config.opening_size, config.min_component_fraction,
                     config.max_hole_fraction)

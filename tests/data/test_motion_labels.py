@@ -60,6 +60,50 @@ def test_camera_homography_recovers_a_known_shift():
   assert 0.9 < inliers < 1.0
 
 
+def test_tracks_follow_the_flow_through_a_step_without_homography(monkeypatch):
+  # Frame k is filled with k, so the mocked flow knows its step; the flow of step k moves x by
+  # c_k + 0.02 x and y by d_k, sampled where each track is (bilinear, the border replicated).
+  height, width, length = 12, 16, 10
+  scale, c, d = 0.02, 0.3 + 0.05 * np.arange(length), -0.2 + 0.04 * np.arange(length)
+  xs = np.arange(width, dtype=np.float32)
+  flows = [np.stack(np.broadcast_arrays(c[k] + scale * xs, np.full([height, 1], d[k])),
+                    -1).astype(np.float32) for k in range(length)]
+
+  def fake_flow(prev_gray, next_gray, method):
+    del method
+    assert int(next_gray[0, 0]) == int(prev_gray[0, 0]) + 1
+    return flows[int(prev_gray[0, 0])]
+
+  fit = motion_labels.camera_homography
+  calls = []
+
+  def first_fit_fails(flow, grid_step, ransac_threshold):
+    calls.append(len(calls))
+    return (None, 0.0) if len(calls) == 1 else fit(flow, grid_step, ransac_threshold)
+
+  monkeypatch.setattr(motion_labels, "dense_flow", fake_flow)
+  monkeypatch.setattr(motion_labels, "camera_homography", first_fit_fails)
+  frames = np.broadcast_to(np.arange(length + 1, dtype=np.uint8)[:, None, None],
+                           [length + 1, height, width])
+  config = motion_labels.LabelConfig(track_length=length, grid_step=2,
+                                     forward_backward_threshold=0)
+  steps, _, end_points, stats = motion_labels.residual_steps(frames, config)
+  assert (stats.steps, stats.failed_steps) == (length - 1, 1)
+
+  # The same chain by hand: every step's flow, step 0's included.
+  x, y = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+  alive = np.ones([height, width], bool)
+  expected_steps = np.zeros([height, width], np.int32)
+  for k in range(length):
+    x, y = x + c[k] + scale * np.clip(x, 0, width - 1), y + d[k]
+    alive &= (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    if k > 0:  # Step 0 had no homography: no residual, but the tracks moved and may end.
+      expected_steps += alive
+  np.testing.assert_allclose(end_points, np.stack([x, y], -1), atol=0.01)
+  np.testing.assert_array_equal(steps, expected_steps)
+  assert 0 < expected_steps.sum() < (length - 1) * height * width
+
+
 def test_clean_mask_drops_specks_and_fills_holes():
   mask = np.zeros([100, 100], bool)
   mask[20:60, 20:60] = True
