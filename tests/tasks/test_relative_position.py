@@ -1,5 +1,10 @@
-"""Tests of the relative position task: pair sampling, labels, color modes, head."""
+"""Tests of the relative position task: image scale, pair sampling, labels, per-patch
+preprocessing (downsampling, color dropping, normalization), head."""
 
+import inspect
+import os
+
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,12 +13,16 @@ import tensorflow_datasets as tfds
 from mtssl_tf import color
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
+from mtssl_tf.bin import common
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
 from mtssl_tf.tasks import relative_position as rp
 
 # A small grid keeps tests fast: window = 3 * 16 + 2 * 8 + 2 * 3 = 70 px.
 SMALL = dict(patch_size=16, gap=8, jitter=3)
+# The image at its own size and patches as they were cut, to read pixel coordinates back.
+RAW = dict(SMALL, image_area=None, downsample_probability=0.0, color_mode="none",
+           normalize=False)
 
 
 def _coordinate_image(height=100, width=120):
@@ -49,8 +58,7 @@ def _check_label_from_content(features, patch_size=16):
 def test_label_is_recoverable_from_pixel_coordinates_eagerly():
   tf.random.set_seed(1)
   example = {"image": _coordinate_image()}
-  labels = [_check_label_from_content(rp.preprocess(example, color_mode="none", **SMALL))
-            for _ in range(80)]
+  labels = [_check_label_from_content(rp.preprocess(example, **RAW)) for _ in range(80)]
   # Every one of the 8 relative positions is drawn.
   assert set(labels) == set(range(8))
 
@@ -58,7 +66,7 @@ def test_label_is_recoverable_from_pixel_coordinates_eagerly():
 def test_label_is_recoverable_inside_tf_data():
   tf.random.set_seed(2)
   ds = tf.data.Dataset.from_tensors({"image": _coordinate_image()}).repeat(40).map(
-      lambda ex: rp.preprocess(ex, color_mode="none", **SMALL), num_parallel_calls=2)
+      lambda ex: rp.preprocess(ex, **RAW), num_parallel_calls=2)
   labels = [_check_label_from_content(features) for features in ds]
   assert len(set(labels)) >= 6
 
@@ -84,8 +92,7 @@ def test_window_placement_is_independent_of_the_label():
 
 
 def test_evaluation_mode_is_centred_without_jitter():
-  features = rp.preprocess({"image": _coordinate_image(100, 120)}, training=False,
-                           color_mode="none", **SMALL)
+  features = rp.preprocess({"image": _coordinate_image(100, 120)}, training=False, **RAW)
   corners = features["relative_position/corners"].numpy()
   # Window of 70 centred: origin (15, 25); centre cell at origin + jitter + pitch.
   np.testing.assert_array_equal(corners[0], [15 + 3 + 24, 25 + 3 + 24])
@@ -94,57 +101,221 @@ def test_evaluation_mode_is_centred_without_jitter():
 
 
 def test_small_images_are_resized_up_to_the_window():
-  features = rp.preprocess({"image": np.zeros([20, 30, 3], np.uint8)}, **SMALL)
+  features = rp.preprocess({"image": np.zeros([20, 30, 3], np.uint8)}, **RAW)
   assert features["relative_position/patches"].shape == (2, 16, 16, 3)
   assert features["relative_position/corners"].numpy().max() <= 70 - 16
 
 
-def test_color_dropping_keeps_one_channel_and_fills_two_with_small_noise():
+def test_images_are_scaled_to_a_random_area_eagerly():
+  tf.random.set_seed(5)
+  for height, width in ((300, 400), (1000, 800), (50, 60)):
+    image = tf.zeros([height, width, 3], tf.uint8)
+    for _ in range(5):
+      scaled = rp.scale_image(image, (150000, 450000), 398)
+      new_height, new_width = scaled.shape[:2]
+      # In range up to the rounding of each side; aspect kept.
+      assert 150000 - (new_height + new_width) <= new_height * new_width
+      assert new_height * new_width <= 450000 + new_height + new_width
+      assert abs(new_height / new_width - height / width) < 0.01
+      assert min(new_height, new_width) >= 398
+  # Evaluation: the middle of the range, 300K pixels: 300 x 400 scaled by sqrt(2.5).
+  image = tf.zeros([300, 400, 3], tf.uint8)
+  assert rp.scale_image(image, (150000, 450000), 398, training=False).shape == (474, 632, 3)
+
+
+def test_image_area_is_uniform_inside_tf_data():
+  tf.random.set_seed(6)
+  ds = tf.data.Dataset.from_tensors(tf.zeros([30, 40, 3], tf.uint8)).repeat(200).map(
+      lambda image: tf.shape(rp.scale_image(image, (150000, 450000), 70)))
+  areas = np.array([shape[0] * shape[1] for shape in ds.as_numpy_iterator()])
+  assert areas.min() >= 150000 - 1200 and areas.max() <= 450000 + 1200
+  # Uniform on [150K, 450K]: mean 300K, deviation 86.6K (mean of 200 draws: +- 6.1K).
+  assert abs(areas.mean() - 300000) < 25000
+  assert areas.min() < 170000 and areas.max() > 430000
+
+
+def test_the_window_forces_a_larger_area_where_it_needs_one():
+  # 10 x 100 at 1K-3K pixels would leave the shorter side at 10-17 px; the 70 px window needs
+  # 70 x 700.
+  scaled = rp.scale_image(tf.zeros([10, 100, 3], tf.uint8), (1000, 3000), 70)
+  assert scaled.shape == (70, 700, 3)
+  with pytest.raises(ValueError, match="image_area must be"):
+    rp.scale_image(tf.zeros([10, 10, 3]), (500, 100), 70)
+
+
+def test_preprocess_samples_from_the_scaled_image():
+  # 80 x 80 scaled to 20,000 pixels is 141 x 141 (80 * sqrt(20000 / 6400) = 141.4); the 70 px
+  # window centred in it: origin 35, centre cell at 35 + jitter 3 + pitch 24 = 62.
+  image = {"image": _coordinate_image(80, 80)}
+  features = rp.preprocess(image, training=False, **dict(RAW, image_area=(20000, 20000)))
+  np.testing.assert_array_equal(features["relative_position/corners"].numpy()[0], [62, 62])
+  tf.random.set_seed(7)
+  corners = [rp.preprocess(image, **dict(RAW, image_area=(20000, 20000)))[
+      "relative_position/corners"].numpy() for _ in range(30)]
+  assert np.max(corners) > 80 - 16 and np.max(corners) <= 141 - 16
+
+
+def _random_image(seed, size=100):
+  return np.random.RandomState(seed).randint(0, 256, [size, size, 3]).astype(np.uint8)
+
+
+def _crop(image, corner, size=16):
+  top, left = corner
+  return image[top:top + size, left:left + size].astype(np.float64)
+
+
+def test_color_dropping_as_the_original_keeps_one_centred_channel_and_uniform_noise():
   tf.random.set_seed(4)
-  image = np.random.RandomState(0).randint(0, 256, [100, 100, 3]).astype(np.uint8)
+  image = _random_image(0)
   kept_channels = set()
   for _ in range(30):
-    features = rp.preprocess({"image": image}, color_mode="drop", **SMALL)
+    features = rp.preprocess({"image": image}, **dict(SMALL, image_area=None,
+                                                      downsample_probability=0.0))
     patches = features["relative_position/patches"].numpy()
-    corners = features["relative_position/corners"].numpy()
-    for patch, (top, left) in zip(patches, corners):
-      original = input_convention.to_trunk_input(
-          image[None, top:top + 16, left:left + 16].astype(np.float32)).numpy()[0]
-      kept = [c for c in range(3) if np.allclose(patch[..., c], original[..., c], atol=1e-4)]
+    for patch, corner in zip(patches, features["relative_position/corners"].numpy()):
+      crop = _crop(image, corner)
+      centred = crop - crop.mean(axis=(0, 1))
+      # The kept channel is the crop's channel minus its own mean, times one common scale.
+      scales = [np.sum(patch[..., c] * centred[..., c]) / np.sum(centred[..., c]**2)
+                for c in range(3)]
+      kept = [c for c in range(3)
+              if np.allclose(patch[..., c], scales[c] * centred[..., c], atol=1e-3)]
       assert len(kept) == 1
       kept_channels.add(kept[0])
+      scale = scales[kept[0]]
+      # The other two: uniform in [-0.5, 0.5] before scaling (deviation 1 / sqrt(12)).
+      noise = np.delete(patch, kept[0], axis=-1) / scale
+      assert np.abs(noise).max() <= 0.5 + 1e-4
+      assert abs(noise.std() - 12**-0.5) < 0.05 and abs(noise.mean()) < 0.05
+      # Then the whole patch to RMS 50.
+      assert abs(np.sqrt(np.mean(patch.astype(np.float64)**2)) - 50) < 1e-3
+  assert kept_channels == {0, 1, 2}
+
+
+def test_gaussian_noise_of_the_2015_paper():
+  tf.random.set_seed(8)
+  image = _random_image(3)
+  for _ in range(10):
+    features = rp.preprocess({"image": image}, **dict(
+        SMALL, image_area=None, downsample_probability=0.0, noise="gaussian", normalize=False))
+    for patch, corner in zip(features["relative_position/patches"].numpy(),
+                             features["relative_position/corners"].numpy()):
+      original = _crop(image, corner) - np.array(input_convention.MEAN_RGB)
+      kept = [c for c in range(3) if np.allclose(patch[..., c], original[..., c], atol=1e-3)]
+      assert len(kept) == 1
       noise = np.delete(patch, kept[0], axis=-1)
       expected_std = 0.01 * original[..., kept[0]].std()
       assert abs(noise.std() - expected_std) < 0.25 * expected_std
       assert abs(noise.mean()) < 0.2 * expected_std
-  assert kept_channels == {0, 1, 2}
+
+
+def _check_normalized(patches, color_mode):
+  patches = np.asarray(patches, np.float64)
+  for patch in patches.reshape([-1] + list(patches.shape[-3:])):
+    means, stds = patch.mean(axis=(0, 1)), patch.std(axis=(0, 1))
+    if color_mode == "drop":
+      # The kept channel (the one with contrast) is centred; the noise channels keep the mean
+      # they were drawn with, that of 256 zero-mean draws (within 4 standard errors).
+      kept = np.argmax(stds)
+      assert abs(means[kept]) < 1e-3
+      assert np.all(np.abs(np.delete(means, kept)) <= 4 * np.delete(stds, kept) / 16)
+    else:
+      np.testing.assert_allclose(means, 0, atol=1e-3)
+    assert abs(np.sqrt(np.mean(patch**2)) - 50) < 1e-3
+
+
+@pytest.mark.parametrize("color_mode", rp.COLOR_MODES)
+def test_patches_are_normalized_to_mean_0_and_rms_50_eagerly_and_in_tf_data(color_mode):
+  tf.random.set_seed(9)
+  settings = dict(SMALL, image_area=(6000, 12000), color_mode=color_mode)
+  image = _random_image(4, 90)
+  for _ in range(10):
+    patches = rp.preprocess({"image": image}, **settings)["relative_position/patches"]
+    _check_normalized(patches, color_mode)
+  ds = tf.data.Dataset.from_tensors({"image": image}).repeat(20).map(
+      lambda ex: rp.preprocess(ex, **settings), num_parallel_calls=2).batch(20)
+  _check_normalized(next(iter(ds))["relative_position/patches"], color_mode)
+
+
+def test_a_flat_patch_stays_finite():
+  patches = rp.preprocess({"image": np.full([80, 80, 3], 7, np.uint8)},
+                          **dict(SMALL, color_mode="harmonized"))["relative_position/patches"]
+  np.testing.assert_array_equal(patches.numpy(), 0.0)
 
 
 def test_uniform_noise_and_bad_settings():
   patch = tf.random.normal([16, 16, 3], stddev=50.0, seed=0)
-  dropped = rp.drop_color(patch, noise="uniform", noise_fraction=0.1, seed=1).numpy()
+  dropped = rp.drop_color(patch, noise="uniform", seed=1).numpy()
   keep = [c for c in range(3) if np.allclose(dropped[..., c], patch.numpy()[..., c])][0]
   noise = np.delete(dropped, keep, axis=-1)
-  bound = 0.1 * patch.numpy()[..., keep].std() * 3**0.5
-  assert np.abs(noise).max() <= bound + 1e-4
+  assert np.abs(noise).max() <= 0.5 and noise.std() > 0.25
   with pytest.raises(ValueError, match="noise must be one of"):
     rp.drop_color(patch, noise="pink")
   with pytest.raises(ValueError, match="color_mode must be one of"):
     rp.preprocess({"image": _coordinate_image()}, color_mode="gray", **SMALL)
   with pytest.raises(ValueError, match="jitter"):
     rp.preprocess({"image": _coordinate_image()}, patch_size=16, gap=4, jitter=3)
+  with pytest.raises(ValueError, match="min_downsample_area"):
+    rp.preprocess({"image": _coordinate_image()}, min_downsample_area=300, **SMALL)
+  with pytest.raises(ValueError, match="image_area"):
+    rp.preprocess({"image": _coordinate_image()}, image_area=(0, 10), **SMALL)
 
 
-def test_harmonized_mode_is_colorizations_input():
-  image = np.random.RandomState(1).randint(0, 256, [100, 100, 3]).astype(np.uint8)
+def _lightness(image, corner):
+  crop = _crop(image, corner).astype(np.float32)
+  return color.rgb_to_lab(crop / 255).numpy()[..., 0] * 2.55
+
+
+def test_harmonized_mode_without_normalization_is_colorizations_input():
+  image = _random_image(1)
   ds = tf.data.Dataset.from_tensors({"image": image}).map(
-      lambda ex: rp.preprocess(ex, color_mode="harmonized", **SMALL))
+      lambda ex: rp.preprocess(ex, **dict(RAW, color_mode="harmonized")))
   features = next(iter(ds))
   rgb = input_convention.from_trunk_input(features["relative_position/patches"]).numpy()
-  top, left = features["relative_position/corners"].numpy()[1]
-  lab = color.rgb_to_lab(image[top:top + 16, left:left + 16].astype(np.float32) / 255).numpy()
+  lightness = _lightness(image, features["relative_position/corners"].numpy()[1])
   for c in range(3):
-    np.testing.assert_allclose(rgb[1, ..., c], lab[..., 0] * 2.55, atol=1e-2)
+    np.testing.assert_allclose(rgb[1, ..., c], lightness, atol=1e-2)
+
+
+def test_harmonized_mode_normalizes_the_lightness():
+  image = _random_image(2)
+  features = rp.preprocess({"image": image}, **dict(
+      SMALL, image_area=None, downsample_probability=0.0, color_mode="harmonized"))
+  for patch, corner in zip(features["relative_position/patches"].numpy(),
+                           features["relative_position/corners"].numpy()):
+    centred = _lightness(image, corner) - _lightness(image, corner).mean()
+    expected = centred * 50 / np.sqrt(np.mean(centred**2))
+    for c in range(3):
+      np.testing.assert_allclose(patch[..., c], expected, atol=1e-2)
+
+
+def test_downsampling_fraction_is_a_third_inside_tf_data():
+  # On a 0/255 checkerboard a patch cut as it is keeps only 0 and 255; a downsampled one (to
+  # 10-15 px for 16 px patches) mixes them. 1,000 pairs: 2,000 patches, deviation of the
+  # fraction 0.011 around the original code's 0.33.
+  rows, cols = np.meshgrid(np.arange(80), np.arange(80), indexing="ij")
+  board = np.repeat(((rows + cols) % 2 * 255).astype(np.uint8)[..., None], 3, axis=-1)
+  settings = dict(SMALL, image_area=None, color_mode="none", normalize=False, seed=11)
+  ds = tf.data.Dataset.from_tensors({"image": board}).repeat(1000).map(
+      lambda ex: rp.preprocess(ex, **settings), num_parallel_calls=2).batch(1000)
+  pixels = input_convention.from_trunk_input(
+      next(iter(ds))["relative_position/patches"]).numpy().reshape([2000, -1])
+  exact = np.all((np.abs(pixels) < 1e-3) | (np.abs(pixels - 255) < 1e-3), axis=1)
+  assert abs((1 - exact.mean()) - 0.33) <= 0.03, 1 - exact.mean()
+
+
+def test_gin_file_binds_the_original_codes_defaults():
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(common.GIN_ROOT, "tasks", "relative_position.gin"))
+    defaults = inspect.signature(rp.preprocess).parameters
+    for name, value in (("image_area", (150000, 450000)), ("downsample_probability", 0.33),
+                        ("min_downsample_area", 100), ("noise", "uniform"),
+                        ("normalize", True), ("patch_rms", 50.0)):
+      assert gin.query_parameter(f"relative_position.preprocess.{name}") == value
+      assert defaults[name].default == value
+  finally:
+    gin.clear_config()
 
 
 def test_downsampling_blurs_but_keeps_shape():
@@ -154,8 +325,8 @@ def test_downsampling_blurs_but_keeps_shape():
   # High frequencies are lost: neighbouring pixels differ less than in white noise.
   roughness = lambda x: np.abs(np.diff(np.asarray(x), axis=0)).mean()
   assert roughness(blurred) < 0.8 * roughness(patch)
-  features = rp.preprocess({"image": _coordinate_image()}, downsample_probability=1.0,
-                           color_mode="none", **SMALL)
+  features = rp.preprocess({"image": _coordinate_image()},
+                           **dict(RAW, downsample_probability=1.0))
   assert features["relative_position/patches"].shape == (2, 16, 16, 3)
 
 
