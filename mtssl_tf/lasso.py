@@ -121,11 +121,24 @@ class Lasso(tf.Module):
     """alpha as a float32 [N, M] tensor, rows in consumer order."""
     return tf.stack([tf.convert_to_tensor(self.rows[c]) for c in self.consumers])
 
-  def image(self, gamma=0.5):
-    """|alpha| for a TensorBoard image: [1, N, M, 1] in [0, 1], |alpha| ** gamma / max.
+  def image(self, gamma=0.5, cell=12):
+    """|alpha| for a TensorBoard image: [1, N * cell, M * cell, 1] in [0, 1].
 
-    The power (0.5 by default) lifts small entries into view, as the paper's Figure 4 does with
-    its nonlinear scale.
+    Each entry is a `cell` x `cell` square (a 4 x 23 matrix at ResNet-101 scale would
+    otherwise be a 4 x 23 pixel image), shaded |alpha| ** gamma / max: the power (0.5 by
+    default) lifts small entries into view, as the paper's Figure 4 does with its nonlinear
+    scale. Rows are the consumers in order, columns block 3's units 1..M.
     """
     magnitude = tf.abs(self.matrix()) ** gamma
-    return (magnitude / tf.maximum(tf.reduce_max(magnitude), 1e-12))[None, :, :, None]
+    shade = magnitude / tf.maximum(tf.reduce_max(magnitude), 1e-12)
+    shade = tf.repeat(tf.repeat(shade, cell, axis=0), cell, axis=1)
+    return shade[None, :, :, None]
+
+  def markdown_table(self):
+    """alpha as a Markdown table (rows: consumers; columns: units), for a TensorBoard text."""
+    values = self.matrix().numpy()
+    header = "| | " + " | ".join(f"unit {m + 1}" for m in range(self.num_units)) + " |"
+    rule = "|---" * (self.num_units + 1) + "|"
+    rows = [f"| {c} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+            for c, row in zip(self.consumers, values)]
+    return "\n".join([header, rule] + rows)

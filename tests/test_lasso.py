@@ -19,8 +19,16 @@ def test_combination_is_the_weighted_sum_and_last_init_is_the_plain_trunk():
   np.testing.assert_allclose(uniform.row("a").numpy(), 0.25)
   np.testing.assert_allclose(lasso.penalty("b").numpy(), 1e-3 * 1.5, rtol=1e-6)
   assert lasso.matrix().shape == (2, 3)
+  # Readable at any size: each entry a 12 x 12 square, shaded sqrt(|alpha|) / max.
   image = lasso.image().numpy()
-  assert image.shape == (1, 2, 3, 1) and image.max() == 1.0
+  assert image.shape == (1, 24, 36, 1) and image.max() == 1.0
+  np.testing.assert_allclose(image[0, :12, :24, 0], 0.0)  # a: all on its last unit
+  np.testing.assert_allclose(image[0, :12, 24:36, 0], 1.0)
+  np.testing.assert_allclose(image[0, 12:24, 12:24, 0], np.sqrt(0.25), rtol=1e-6)
+  np.testing.assert_allclose(image[0, 12:24, 24:36, 0], np.sqrt(0.75), rtol=1e-6)
+  table = lasso.markdown_table().splitlines()
+  assert table[0] == "| | unit 1 | unit 2 | unit 3 |"
+  assert table[3] == "| b | 0.500 | -0.250 | 0.750 |"
   with pytest.raises(KeyError, match="no row for 'c'"):
     lasso.row("c")
   with pytest.raises(ValueError, match="3 units got 2"):

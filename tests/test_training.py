@@ -1,6 +1,8 @@
 """Tests of the multi-task training loop: schedule, accumulation, optimizers, checkpoints,
 strategies, errors."""
 
+import collections
+import dataclasses
 import glob
 
 import gin
@@ -23,6 +25,7 @@ TINY = [
     "relative_position.patch_size = 32",
     "relative_position.preprocess.gap = 4",
     "relative_position.preprocess.jitter = 2",
+    "relative_position.preprocess.image_area = None",
     "relative_position.batch_size = 4",
     "relative_position.fc_width = 16",
     "colorization.crop_size = 32",
@@ -240,7 +243,7 @@ def test_bad_configurations_fail_before_training(tmp_path):
   common.parse_gin([], TINY + ["image_dataset.source = 'folder'",
                                f"image_dataset.pattern = '{tmp_path / 'missing'}'"])
   with pytest.raises(ValueError, match="does not exist"):
-    training.MultiTaskTrainer(str(tmp_path / "run"), tasks=["colorization"])
+    training.MultiTaskTrainer(str(tmp_path / "run"), tasks=["exemplar"])
   assert not glob.glob(str(tmp_path / "run" / "ckpt-*"))
   with pytest.raises(ValueError, match="no_such_setting"):
     with gin.unlock_config():
@@ -251,3 +254,78 @@ def test_bad_configurations_fail_before_training(tmp_path):
   common.parse_gin([], TINY)
   with pytest.raises(ValueError, match="num_steps or max_compute"):
     training.MultiTaskTrainer(str(tmp_path / "x"), tasks=["exemplar"]).train()
+
+
+def test_every_task_writes_summaries_on_its_own_cadence(tmp_path):
+  # Two tasks alternate (rp at odd global steps, ex at even ones). A cadence counted in global
+  # steps would write only exemplar; counted in each task's own steps, both appear, at their
+  # own 2nd and 4th steps, with the mean loss of the steps since their last write.
+  _bind("MultiTaskTrainer.summary_every_steps = 2", "MultiTaskTrainer.use_lasso = True")
+  trainer = training.MultiTaskTrainer(str(tmp_path), tasks=["relative_position", "exemplar"])
+  losses = []
+  for step in range(1, 9):
+    summary = trainer.train(num_steps=step, save_at_end=False)
+    name = "relative_position" if step % 2 else "exemplar"
+    losses.append(summary["last_loss"][name])
+  written = collections.defaultdict(dict)
+  for path in glob.glob(str(tmp_path / "train" / "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        number = (float(tf.make_ndarray(value.tensor)) if value.metadata.plugin_data.plugin_name
+                  == "scalars" else None)
+        written[value.tag][event.step] = number
+  assert set(written["relative_position/loss"]) == {3, 7}
+  assert set(written["exemplar/loss"]) == {4, 8}
+  assert set(written["exemplar/triplet_accuracy"]) == {4, 8}
+  assert set(written["relative_position/learning_rate"]) == {3, 7}
+  np.testing.assert_allclose(written["relative_position/loss"][7], np.mean(losses[4:7:2]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(written["exemplar/loss"][4], np.mean(losses[1:4:2]), rtol=1e-6)
+  # Run-wide scalars on the global cadence (and at the end of each call).
+  assert {2, 4, 6, 8} <= set(written["steps_per_sec"]) and 8 in written["compute_used"]
+  assert 8 in written["lasso/alpha"] and 8 in written["lasso/alpha_table"]
+
+
+def _first_trunk_updates(trainer, name, loss_scales):
+  """The trunk's update (flattened) of task `name`'s first apply, from the trainer's current
+  weights and fresh optimizer slots, with its loss times each of loss_scales."""
+  variables = trainer.trunk.trainable_variables + trainer.tasks[name].head_variables
+  start = [v.numpy() for v in variables]
+  scale = tf.Variable(1.0, trainable=False)
+  task = trainer.tasks[name]
+  model_fn = task.model_fn
+
+  def scaled_model_fn(features, mode):
+    spec = model_fn(features, mode)
+    return dataclasses.replace(spec, loss=spec.loss * scale)
+
+  task.model_fn = scaled_model_fn
+  updates = []
+  for loss_scale in loss_scales:
+    for variable, value in zip(variables, start):
+      variable.assign(value)
+    for slot in trainer.optimizers[name].variables:  # iterations, velocities, momentums
+      slot.assign(tf.zeros_like(slot))
+    scale.assign(loss_scale)
+    trainer.train(num_steps=int(trainer.global_step) + 1, save_at_end=False)
+    updates.append(np.concatenate([(v.numpy() - s).ravel()
+                                   for v, s in zip(trainer.trunk.trainable_variables, start)]))
+  return updates
+
+
+def test_a_tasks_update_does_not_depend_on_its_loss_scale(tmp_path):
+  # Paper section 4: a separate RMSProp per task makes a loss's scale irrelevant to how fast the
+  # task trains. That holds when epsilon is small beside the squared gradients; slim's TF1
+  # recipe (epsilon 1.0) makes the update nearly proportional to the loss scale instead.
+  name = "exemplar"
+  trainer = training.MultiTaskTrainer(str(tmp_path / "default"), tasks=[name])
+  batches = _fixed_batches(trainer.tasks)
+  trainer = training.MultiTaskTrainer(str(tmp_path / "default"), tasks=[name], input_fns=batches)
+  reference, small, large = map(np.linalg.norm, _first_trunk_updates(trainer, name,
+                                                                     [1.0, 0.01, 100.0]))
+  assert 0.5 < small / reference < 2 and 0.5 < large / reference < 2, (small, reference, large)
+  # Slim's recipe: the update follows the loss, ~x100 (weight decay's gradient is unscaled).
+  _bind("include 'experiments/common/slim_rmsprop.gin'")
+  slim = training.MultiTaskTrainer(str(tmp_path / "slim"), tasks=[name], input_fns=batches)
+  reference, large = map(np.linalg.norm, _first_trunk_updates(slim, name, [1.0, 100.0]))
+  assert large / reference > 20, (reference, large)
