@@ -7,10 +7,11 @@ import gin
 import numpy as np
 import pytest
 
-from mtssl_tf import input_convention
+from mtssl_tf import color
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
 from mtssl_tf.tasks import base
+from mtssl_tf.tasks import colorization
 from mtssl_tf.tasks import relative_position
 
 TASK_FILES = sorted(
@@ -46,8 +47,10 @@ def test_harmonized_file_switches_relative_position_to_lightness():
                     "relative_position.preprocess.jitter = 3"])
   image = np.random.RandomState(0).randint(0, 256, [80, 80, 3]).astype(np.uint8)
   features = relative_position.preprocess({"image": image}, patch_size=16)
-  rgb = input_convention.from_trunk_input(features["relative_position/patches"]).numpy()
-  np.testing.assert_allclose(rgb[..., 0], rgb[..., 2], atol=1e-3)
+  # Normalized patches (relative_position.gin) reach the trunk as they are: L in every channel.
+  patches = features["relative_position/patches"].numpy()
+  np.testing.assert_allclose(patches[..., 0], patches[..., 1], atol=1e-3)
+  np.testing.assert_allclose(patches[..., 0], patches[..., 2], atol=1e-3)
 
 
 EXPERIMENTS = sorted(
@@ -66,11 +69,35 @@ def test_experiment_file_parses_and_says_what_it_reproduces(path):
   assert tasks and set(tasks) <= set(base.registered())
 
 
+@pytest.mark.parametrize("path", EXPERIMENTS)
+def test_experiments_training_colorization_on_real_images_bind_its_prior(path):
+  common.parse_gin([path], [])
+  if "colorization" not in gin.query_parameter("MultiTaskTrainer.tasks"):
+    return
+  try:
+    source = gin.query_parameter("image_dataset.source")
+  except ValueError:
+    source = "toy"  # image_dataset's default.
+  if source == "toy":  # The demo, which computes its prior when it runs (mtssl-demo).
+    assert path == "experiments/demo.gin"
+    return
+  # Through pretrain.gin's macro, next to the motion segmentation data (WORKSPACE.md, Data).
+  assert str(gin.query_parameter("colorization.prior_path")) == "%COLOR_PRIOR_PATH"
+  prior_path = gin.query_parameter("%COLOR_PRIOR_PATH")
+  assert prior_path == "/data/color_prior/imagenet_prior.npy"
+  # The task reads that binding: it asks for the file, not for a prior.
+  with pytest.raises(ValueError, match=f"colorization.prior_path '{prior_path}' does not exist"):
+    colorization.Colorization(trunk_lib.Trunk(depth=26))
+
+
 def test_the_lasso_experiment_builds_its_trainer_on_toy_data(tmp_path):
   from mtssl_tf import training  # pylint: disable=g-import-not-at-top
   from tests import test_training  # pylint: disable=g-import-not-at-top
+  prior = str(tmp_path / "prior.npy")
+  np.save(prior, np.full([color.NUM_BINS], 1.0 / color.NUM_BINS))
   common.parse_gin(["experiments/rp_col_ex_ms_lasso.gin"],
-                   test_training.TINY + ["motion_dataset.source = 'toy'"])
+                   test_training.TINY + ["motion_dataset.source = 'toy'",
+                                         f"COLOR_PRIOR_PATH = '{prior}'"])
   trainer = training.MultiTaskTrainer(str(tmp_path))
   assert trainer.names == ["relative_position", "colorization", "exemplar",
                            "motion_segmentation"]

@@ -7,18 +7,27 @@ sampled at stride 8 (the centre pixel of each 8x8 cell, not an average, which wo
 edges), soft-encoded onto the 313 bins in `model_fn`. Loss: cross-entropy with the soft target,
 each cell weighted by the rebalancing weight of its target's most likely bin; images with no
 chroma (every |a|, |b| < 5) are left out. The trunk runs at output stride 8.
+
+Rebalancing needs the empirical ab prior of the training images (Zhang et al. section 2.2;
+`tools/compute_color_prior.py`, gin `colorization.prior_path`). Without it the loss would be
+plain soft cross-entropy, which drifts to desaturated colors, so the task refuses to train
+without one on any gin-configured source but the built-in toy images.
 """
 
+from absl import logging
 import gin
 import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import color
+from mtssl_tf import color_prior
 from mtssl_tf import input_convention
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
 
 TARGET_STRIDE = 8
+# The image source that may train without a prior (uniform weights): the built-in toy images.
+SOURCE_WITHOUT_PRIOR = "toy"
 
 
 def lightness_as_rgb(lab):
@@ -105,6 +114,43 @@ def colorization_loss(logits, ab_target, has_color, class_weights, sigma=5.0, nu
   return loss, metrics
 
 
+def load_prior(prior_path, source):
+  """The color prior for the rebalancing weights: the .npy at `prior_path`, or None (uniform).
+
+  Args:
+    prior_path: .npy path (`tools/compute_color_prior.py`) or None.
+    source: the `sources.image_dataset` source the task reads, or None when it is unknown (a
+      source function given by the caller, e.g. a benchmark's).
+
+  Returns:
+    numpy array [313], or None when `prior_path` is None and the source is the toy source or
+    unknown (then with a warning).
+
+  Raises:
+    ValueError: naming the tool and the gin binding, when `prior_path` is None on a known
+      source other than the toy images, or names no file.
+  """
+  tool = "python tools/compute_color_prior.py --num_images=0"
+  if prior_path is None:
+    if source == SOURCE_WITHOUT_PRIOR:
+      return None
+    if source is None:
+      logging.warning("colorization without colorization.prior_path on a custom source_fn: "
+                      "uniform weights, the loss is not rebalanced.")
+      return None
+    raise ValueError(
+        f"colorization on image source {source!r} needs the class-rebalancing prior of its "
+        f"images (Zhang et al. section 2.2): run `{tool} --output=PRIOR.npy` on the same "
+        "source (its flags or --gin_file) and bind colorization.prior_path = 'PRIOR.npy'; only "
+        f"the built-in {SOURCE_WITHOUT_PRIOR} images may train without one.")
+  if not tf.io.gfile.exists(prior_path):
+    raise ValueError(
+        f"colorization.prior_path {prior_path!r} does not exist: compute it with `{tool} "
+        f"--output={prior_path}` on the pretraining images (WORKSPACE.md, Data).")
+  with tf.io.gfile.GFile(prior_path, "rb") as f:
+    return np.load(f)
+
+
 @base.register("colorization")
 @gin.configurable("colorization")
 class Colorization(base.Task):
@@ -119,16 +165,22 @@ class Colorization(base.Task):
     Args:
       trunk: the shared `Trunk`; this task calls it at output stride 8 whatever its own.
       head_width: channels of the head's hidden 3x3 conv.
-      prior_path: .npy of the 313-bin color prior (tools/compute_color_prior.py); None means
-        uniform, i.e. no rebalancing.
+      prior_path: .npy of the 313-bin color prior of the training images
+        (tools/compute_color_prior.py). None (uniform weights: no rebalancing) only on the toy
+        source, or with a warning on a custom `source_fn`.
       batch_size: global batch size (split over replicas by the input context).
       crop_size: input crop side.
       source_fn: a function(input_context) -> unbatched dataset of {'image': uint8}; default
         `mtssl_tf.data.sources.image_dataset` (gin-configured).
+
+    Raises:
+      ValueError: when there is no prior (`load_prior`) or it is malformed.
     """
     super().__init__(trunk, source_fn=source_fn)
-    prior = None if prior_path is None else np.load(prior_path)
-    self.class_weights = color.rebalancing_weights(prior)
+    # What `images` will read: gin's unscoped image_dataset bindings (the training loop
+    # builds the input pipelines outside the task's gin scope).
+    source = color_prior.describe_source({})["source"] if source_fn is None else None
+    self.class_weights = color.rebalancing_weights(load_prior(prior_path, source))
     self.batch_size = batch_size
     self.crop_size = crop_size
     self.head = base.dense_prediction_head(head_width, color.NUM_BINS, "colorization_head")

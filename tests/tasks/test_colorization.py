@@ -1,5 +1,6 @@
 """Tests of the colorization task: preprocessing, loss, head."""
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,8 +8,16 @@ import tensorflow as tf
 from mtssl_tf import color
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
+from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
 from mtssl_tf.tasks import colorization
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
 
 
 def _image(height=50, width=70, gray=False, seed=0):
@@ -17,6 +26,17 @@ def _image(height=50, width=70, gray=False, seed=0):
   if gray:
     image[...] = image[..., :1]
   return {"image": image}
+
+
+def _uniform_prior(tmp_path):
+  path = str(tmp_path / "prior.npy")
+  np.save(path, np.full([color.NUM_BINS], 1.0 / color.NUM_BINS))
+  return path
+
+
+def _bind(*bindings):
+  with gin.unlock_config():
+    gin.parse_config(list(bindings))
 
 
 def _check_features(features, size):
@@ -116,7 +136,6 @@ def test_task_runs_the_shared_trunk_at_stride_8_whatever_its_default():
 
 
 def test_input_fn_on_the_toy_source_per_replica_batches():
-  from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
   trunk = trunk_lib.Trunk(depth=26, output_stride=8)
   task = colorization.Colorization(
       trunk, batch_size=4, crop_size=32,
@@ -132,14 +151,59 @@ def test_input_fn_on_the_toy_source_per_replica_batches():
   assert np.isfinite(spec.loss.numpy())
 
 
-def test_input_fn_on_mock_imagenet():
+def test_input_fn_on_mock_imagenet(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from mtssl_tf.data import sources  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
     task = colorization.Colorization(
         trunk_lib.Trunk(depth=26), batch_size=4, crop_size=32,
+        prior_path=_uniform_prior(tmp_path),
         source_fn=lambda ctx: sources.image_dataset(
             source="tfds", name="imagenet2012", split="train", input_context=ctx))
     features = next(iter(task.input_fn()))
   assert features["colorization/image"].shape == (4, 32, 32, 3)
   assert features["colorization/ab_target"].shape == (4, 4, 4, 2)
+
+
+@pytest.mark.parametrize("bindings", [
+    ["image_dataset.source = 'tfds'"],
+    ["image_dataset.source = 'folder'", "image_dataset.pattern = '/data/images'"],
+])
+def test_a_real_image_source_without_a_prior_refuses_to_start(bindings):
+  _bind(*bindings)
+  source = gin.query_parameter("image_dataset.source")
+  with pytest.raises(ValueError, match=(
+      rf"image source '{source}' needs the class-rebalancing prior.*"
+      r"python tools/compute_color_prior\.py.*colorization\.prior_path")):
+    colorization.Colorization(trunk_lib.Trunk(depth=26))
+
+
+def test_a_custom_source_fn_without_a_prior_warns(caplog):
+  _bind("image_dataset.source = 'tfds'")  # Not what a custom source function reads.
+  task = colorization.Colorization(trunk_lib.Trunk(depth=26),
+                                   source_fn=lambda ctx: sources.image_dataset(source="toy"))
+  np.testing.assert_array_equal(task.class_weights, np.ones(color.NUM_BINS))
+  assert "not rebalanced" in caplog.text
+
+
+def test_the_toy_source_trains_without_a_prior_with_uniform_weights():
+  for bindings in ([], ["image_dataset.source = 'toy'"]):  # The default source, then bound.
+    _bind(*bindings)
+    task = colorization.Colorization(trunk_lib.Trunk(depth=26))
+    np.testing.assert_array_equal(task.class_weights, np.ones(color.NUM_BINS))
+
+
+def test_a_prior_file_rebalances_and_a_missing_one_is_named(tmp_path):
+  _bind("image_dataset.source = 'tfds'")
+  # All the mass on bin 0: w ~ 1 / (0.5 p + 0.5 / 313), scaled so that sum(p w) = 1, is 1 on
+  # bin 0 and (0.5 + 0.5 / 313) * 626 = 314 elsewhere.
+  prior = np.zeros([color.NUM_BINS])
+  prior[0] = 1.0
+  path = str(tmp_path / "peaked.npy")
+  np.save(path, prior)
+  task = colorization.Colorization(trunk_lib.Trunk(depth=26), prior_path=path)
+  np.testing.assert_allclose(task.class_weights, [1.0] + [314.0] * (color.NUM_BINS - 1),
+                             rtol=1e-5)
+  missing = str(tmp_path / "missing.npy")
+  with pytest.raises(ValueError, match=(rf"colorization.prior_path '{missing}' does not exist"
+                                        r".*compute_color_prior\.py")):
+    colorization.Colorization(trunk_lib.Trunk(depth=26), prior_path=missing)

@@ -1,5 +1,6 @@
-"""Tests of tools/compute_color_prior.py: the ab histogram, grayscale and decode skipping, the
-files it writes and the colorization task loading them."""
+"""Tests of tools/compute_color_prior.py and mtssl_tf/color_prior.py, its library: the ab
+histogram, grayscale and decode skipping, the files it writes, the demo's prior of its toy images
+and the colorization task loading them."""
 
 import importlib.util
 import json
@@ -8,12 +9,15 @@ import subprocess
 import sys
 
 from absl import flags
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from mtssl_tf import color
+from mtssl_tf import color_prior
 from mtssl_tf import trunk as trunk_lib
+from mtssl_tf.bin import common
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import colorization
 
@@ -50,8 +54,8 @@ def _dataset(images):
 
 def test_histogram_mass_lands_on_the_colors_bins_in_pixel_proportions():
   images = [_solid("green", 8, 8), _solid("red", 12, 10), _solid("blue", 6, 6)]
-  prior, summary = ccp.compute_prior(_dataset(images), num_images=0, max_side=1000,
-                                     pixel_stride=1, sigma=_TINY_SIGMA)
+  prior, summary = color_prior.compute_prior(_dataset(images), num_images=0, max_side=1000,
+                                             pixel_stride=1, sigma=_TINY_SIGMA)
   expected = np.zeros([color.NUM_BINS], np.int64)
   expected[[73, 198, 135]] = [64, 120, 36]
   np.testing.assert_array_equal(summary["counts"], expected)
@@ -69,8 +73,8 @@ def test_histogram_mass_lands_on_the_colors_bins_in_pixel_proportions():
 def test_max_side_resizes_down_only_and_pixel_stride_subsamples():
   # 40x60 -> 20x30 (shorter side 20), every 3rd pixel: 7 x 10; 9x11 is not enlarged: 3 x 4.
   images = [_solid("green", 40, 60), _solid("blue", 9, 11)]
-  _, summary = ccp.compute_prior(_dataset(images), num_images=0, max_side=20, pixel_stride=3,
-                                 sigma=_TINY_SIGMA)
+  _, summary = color_prior.compute_prior(_dataset(images), num_images=0, max_side=20,
+                                         pixel_stride=3, sigma=_TINY_SIGMA)
   assert summary["counts"][73] == 70
   assert summary["counts"][135] == 12
   assert summary["pixels_counted"] == 82
@@ -79,29 +83,29 @@ def test_max_side_resizes_down_only_and_pixel_stride_subsamples():
 def test_grayscale_images_are_skipped_and_counted():
   images = [_gray(10, 10, 0), _solid("red", 5, 5), np.zeros([7, 7, 3], np.uint8),
             _gray(6, 9, 1), _solid("blue", 4, 4), np.full([3, 3, 3], 255, np.uint8)]
-  prior, summary = ccp.compute_prior(_dataset(images), num_images=0, max_side=256,
-                                     pixel_stride=1, sigma=_TINY_SIGMA)
+  prior, summary = color_prior.compute_prior(_dataset(images), num_images=0, max_side=256,
+                                             pixel_stride=1, sigma=_TINY_SIGMA)
   assert summary["images_read"] == 6
   assert summary["grayscale_skipped"] == 4
   assert summary["images_used"] == 2
   assert summary["pixels_counted"] == 25 + 16
   np.testing.assert_allclose(prior[[198, 135]], [25 / 41, 16 / 41], atol=1e-12)
   # --num_images caps the images read, grayscale ones included.
-  _, capped = ccp.compute_prior(_dataset(images), num_images=4, max_side=256, pixel_stride=1,
-                                sigma=_TINY_SIGMA)
+  _, capped = color_prior.compute_prior(_dataset(images), num_images=4, max_side=256,
+                                        pixel_stride=1, sigma=_TINY_SIGMA)
   assert (capped["images_read"], capped["grayscale_skipped"], capped["pixels_counted"]) == (
       4, 3, 25)
   assert not capped["source_exhausted"]
   with pytest.raises(ValueError, match="No image with color"):
-    ccp.compute_prior(_dataset(images[:1]), num_images=0, max_side=256, pixel_stride=1,
-                      sigma=5.0)
+    color_prior.compute_prior(_dataset(images[:1]), num_images=0, max_side=256, pixel_stride=1,
+                              sigma=5.0)
 
 
 def test_prior_is_a_smoothed_probability_vector():
   noise = np.random.RandomState(0).randint(0, 256, [32, 32, 3]).astype(np.uint8)
   images = [_solid("green", 16, 16), noise]
-  prior, summary = ccp.compute_prior(_dataset(images), num_images=0, max_side=256,
-                                     pixel_stride=2, sigma=5.0)
+  prior, summary = color_prior.compute_prior(_dataset(images), num_images=0, max_side=256,
+                                             pixel_stride=2, sigma=5.0)
   assert prior.shape == (color.NUM_BINS,)
   assert np.all(prior >= 0)
   assert abs(prior.sum() - 1.0) < 1e-9
@@ -116,8 +120,8 @@ def test_nearest_bin_equals_the_full_search():
       np.random.RandomState(0).uniform(-140, 140, [20000, 2]),
       color.ab_bins() + np.random.RandomState(1).uniform(-4.9, 4.9, [color.NUM_BINS, 2]),
   ]).astype(np.float32)
-  np.testing.assert_array_equal(ccp.nearest_bin(ab).numpy(), color.nearest_bin(ab).numpy())
-  np.testing.assert_array_equal(ccp.nearest_bin(color.ab_bins()).numpy(),
+  np.testing.assert_array_equal(color_prior.nearest_bin(ab).numpy(), color.nearest_bin(ab).numpy())
+  np.testing.assert_array_equal(color_prior.nearest_bin(color.ab_bins()).numpy(),
                                 np.arange(color.NUM_BINS))
 
 
@@ -136,12 +140,14 @@ def test_bad_flags_name_the_flag_and_the_fix():
                         ([], "output")]:
     with pytest.raises(flags.Error, match=message):
       parse(*args)
-  described = ccp.describe_source({})
+  described = color_prior.describe_source({})
   if described["source_from"] == "default":  # No gin binding left by another test.
-    with pytest.raises(ValueError, match="set --source"):
-      ccp.check_source(described)
-  with pytest.raises(ValueError, match="--source=folder needs --pattern"):
-    ccp.check_source(ccp.describe_source({"source": "folder"}) | {"pattern": None})
+    with pytest.raises(ValueError, match="bind image_dataset.source.*--source"):
+      color_prior.check_source(described)
+  with pytest.raises(ValueError, match="'folder' needs an image directory: bind "
+                     "image_dataset.pattern; tools/compute_color_prior.py: --pattern"):
+    color_prior.check_source(
+        color_prior.describe_source({"source": "folder"}) | {"pattern": None})
 
 
 def test_binary_on_toy_source_writes_a_prior_the_colorization_task_loads(tmp_path):
@@ -156,7 +162,7 @@ def test_binary_on_toy_source_writes_a_prior_the_colorization_task_loads(tmp_pat
   assert result.returncode == 0, result.stderr[-3000:]
   prior = np.load(output)
   assert prior.shape == (color.NUM_BINS,) and abs(prior.sum() - 1) < 1e-9
-  with open(ccp.summary_path(str(output))) as f:
+  with open(color_prior.summary_path(str(output))) as f:
     summary = json.load(f)
   assert summary["images_read"] == 16
   assert summary["grayscale_skipped"] == 2  # Toy images 7 and 15.
@@ -177,19 +183,43 @@ def test_folder_source_counts_a_corrupt_jpeg_as_decode_skipped(tmp_path):
     (folder / f"{i}.png").write_bytes(png)
   (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 20)
   output = str(tmp_path / "prior.npy")
-  _, summary = ccp.make_prior_file(output, {"source": "folder", "pattern": str(folder)},
-                                   num_images=0, pixel_stride=1, sigma=_TINY_SIGMA)
-  with open(ccp.summary_path(output)) as f:
+  _, summary = color_prior.make_prior_file(output, {"source": "folder", "pattern": str(folder)},
+                                           num_images=0, pixel_stride=1, sigma=_TINY_SIGMA)
+  with open(color_prior.summary_path(output)) as f:
     written = json.load(f)
   assert written["decode_skipped"] == 1 and written["decode_attempted"] == 4
   assert written["source_exhausted"] and written["decode_skipped_at_most"] == 1
   assert written["images_read"] == 3 and written["pixels_counted"] == 48 + 56 + 64
   assert written["source"]["source"] == "folder" and written["source"]["pattern"] == str(folder)
-  np.testing.assert_array_equal(np.load(output), ccp.compute_prior(
+  np.testing.assert_array_equal(np.load(output), color_prior.compute_prior(
       sources.image_dataset(source="folder", pattern=str(folder)), 0, 256, 1, _TINY_SIGMA)[0])
   assert written["counts"] == summary["counts"]
   # Stopped early, images may still have been in decoding: no exact count, only a bound.
-  _, capped = ccp.make_prior_file(output, {"source": "folder", "pattern": str(folder)},
-                                  num_images=2, pixel_stride=1, sigma=_TINY_SIGMA)
+  _, capped = color_prior.make_prior_file(output, {"source": "folder", "pattern": str(folder)},
+                                          num_images=2, pixel_stride=1, sigma=_TINY_SIGMA)
   assert capped["images_read"] == 2 and capped["decode_skipped"] is None
   assert 0 <= capped["decode_skipped_at_most"] <= 2
+
+
+def test_the_demos_prior_of_its_own_toy_images_rebalances_colorization(tmp_path):
+  # What mtssl-demo does before pretraining: the prior of demo.gin's toy source (here a handful
+  # of its images), written into the work directory and bound to colorization.
+  gin.clear_config()
+  try:
+    common.parse_gin(["experiments/demo.gin"], ["image_dataset.num_toy_images = 6"])
+    path = str(tmp_path / "color_prior.npy")
+    prior, summary = color_prior.make_prior_file(path, {}, num_images=0)
+    assert summary["images_read"] == 6 and summary["source"]["source"] == "toy"
+    assert summary["source"]["toy_size"] == [96, 112]  # demo.gin's images.
+    written = np.load(path)
+    np.testing.assert_array_equal(written, prior)
+    assert written.shape == (color.NUM_BINS,) and np.all(written >= 0)
+    assert abs(written.sum() - 1.0) < 1e-9
+    assert written.max() > 10.0 / color.NUM_BINS  # The toy images' colors, not uniform.
+    with gin.unlock_config():
+      gin.bind_parameter("colorization.prior_path", path)
+    task = colorization.Colorization(trunk_lib.Trunk(depth=26))
+    assert abs(np.sum(written * task.class_weights) - 1.0) < 1e-4
+    assert task.class_weights.max() > 1.5  # Rebalanced: rare colors weigh more.
+  finally:
+    gin.clear_config()
