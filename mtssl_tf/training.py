@@ -97,7 +97,7 @@ class TaskSettings:
   weight: float = 1.0
   accumulation_steps: int = 1
   cost_per_step: float = 1.0
-  learning_rate: float = 1e-3
+  learning_rate: float = 1e-5
   decay_rate: float = 1.0
   decay_steps: int = 10000
   rho: float = 0.9
