@@ -33,3 +33,33 @@ def save_tf1_checkpoint(values, prefix):
       sess.run(tf.compat.v1.global_variables_initializer())
       tf.compat.v1.train.Saver(tf_vars).save(sess, prefix, write_meta_graph=False)
   return prefix
+
+
+def step_rounding(before, after):
+  """float32 rounding of a step read off as `after - before`: one ulp at the larger |weight|."""
+  largest = max(np.abs(before).max(), np.abs(after).max())
+  return float(np.spacing(np.float32(largest)))
+
+
+def assert_close_at_scale(actual, expected, names, rtol, slacks=None):
+  """Each actual[i] equals expected[i] within rtol of the largest |expected| (plus slacks[i]).
+
+  One scale for all the arrays, e.g. all the gradients of a model: a gradient that is zero but
+  for rounding (a bias that a training-mode batch norm follows) cannot be compared relative to
+  its own size, and the small elements of a gradient are sums that cancel, with the rounding
+  errors of the large ones.
+
+  Returns:
+    The worst discrepancy, beyond the slack, in units of that scale.
+  """
+  assert len(actual) == len(expected) == len(names)
+  scale = max(np.abs(e).max() for e in expected)
+  assert scale > 0, "every expected array is zero"
+  worst, worst_name = 0.0, None
+  for i, (a, e) in enumerate(zip(actual, expected)):
+    error = np.abs(np.asarray(a, np.float64) - np.asarray(e, np.float64)).max()
+    value = max(error - (slacks[i] if slacks else 0.0), 0.0) / scale
+    if value > worst:
+      worst, worst_name = value, names[i]
+  assert worst <= rtol, f"{worst_name}: off by {worst:.3g} of the largest value (> {rtol})"
+  return worst

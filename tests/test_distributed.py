@@ -1,16 +1,129 @@
-"""Two MultiWorkerMirroredStrategy workers (two processes on 127.0.0.1) end identical."""
+"""Distributed training against one device: two MultiWorkerMirroredStrategy workers (two
+processes on 127.0.0.1) and MirroredStrategy over two devices end where one device on the whole
+batch ends; a SIGKILL or SIGTERM mid-run leaves a checkpoint to resume from.
+
+The split runs and the one-device run start from one checkpoint and see the same global
+batches, cut into one contiguous part per replica. Relative position trains, updating every 2
+of its steps, for 3 steps: accumulate, apply (accumulated and new gradients, all-reduced),
+accumulate again (into emptied accumulators, at the new weights).
+
+Batch norm runs in training mode, on each replica's own batch. For the replicas' gradients to
+average to the whole batch's, each replica's batch norms must see the whole batch's statistics:
+each global batch's second half holds the first half's pairs with their two patches swapped
+(and the opposite direction's label, 7 - label). The halves' trunk batches are permutations of
+each other and the whole batch holds each patch twice, so every batch norm statistic (the
+trunk's and the per-patch head's; the pair head has none) is, as a function of the weights, the
+same on each replica as on the whole batch, while the halves' losses differ (the pair head sees
+each pair in the other order). The one-device loss is then the mean of the replicas' losses,
+and a correct split run matches the one-device run up to float32 rounding. Batch norm moving
+variances are not compared: their n / (n - 1) correction depends on the batch size.
+
+Batch norm over small batches amplifies rounding: a channel of near-zero batch variance turns
+a one-ulp difference in the weights into a gradient that differs by percents within a few
+steps. Hence 4 pairs (8 trunk inputs) per replica, batch norm epsilon 1 instead of slim's 1e-5,
+3 steps and a fixed initialization.
+
+RMSProp's epsilon is 1e4 here (inside the square root; gradients are below ~5), so an update is
+momentum SGD at rate lr / 100, linear in the gradient to 2e-4. Summing the replicas' gradients
+where they should be averaged (a loss not divided by the number of replicas) then doubles the
+update and the accumulators and quadruples the velocity. With a tiny epsilon RMSProp would
+divide a gradient's scale away, and only the velocity slot would show it.
+"""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
+import gin
 import numpy as np
+import pytest
+import tensorflow as tf
 
+from mtssl_tf import training
+from mtssl_tf.bin import common
+from tests import multi_worker_run
 from tests import test_training
+from tests.conftest import assert_close_at_scale
+from tests.conftest import step_rounding
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Relative position, updating every 2 of its steps (see the module docstring).
+SPLIT_BINDINGS = test_training.TINY + [
+    "MultiTaskTrainer.tasks = ['relative_position']",
+    "relative_position/TaskSettings.accumulation_steps = 2",
+    "TaskSettings.learning_rate = 0.1",
+    "TaskSettings.epsilon = 1e4",
+    "Trunk.batch_norm_epsilon = 1.0",
+]
+SPLIT_STEPS = 3
+SPLIT_PAIRS = 4  # per replica
+# Of the largest value of each kind (steps, slots, accumulators). Measured, split runs against
+# one device: 2e-6 (2e-4 at worst over five initializations); with the loss not divided by the
+# number of replicas: 1 (steps) to 3 (velocity).
+SPLIT_RTOL = 1e-2
+
+
+@pytest.fixture
+def _split_gin():
+  gin.clear_config()
+  common.parse_gin([], SPLIT_BINDINGS)
+  tf.random.set_seed(0)
+  yield
+  gin.clear_config()
+
+
+def swapped_pair_batches(steps, pairs, patch_size=32, seed=0):
+  """Relative-position global batches whose halves hold the same pairs, swapped in the second.
+
+  Returns:
+    {"relative_position/patches": float32 [steps, 2 * pairs, 2, S, S, 3],
+     "relative_position/label": int32 [steps, 2 * pairs]}: the second half of each step's
+    batch holds the first half's pairs with patches swapped and labels 7 - label (the opposite
+    direction, `relative_position.OFFSETS`).
+  """
+  rng = np.random.RandomState(seed)
+  patches = rng.uniform(-100, 100, [steps, pairs, 2, patch_size, patch_size, 3])
+  labels = rng.randint(0, 8, [steps, pairs])
+  return {
+      "relative_position/patches": np.concatenate([patches, patches[:, :, ::-1]],
+                                                  1).astype(np.float32),
+      "relative_position/label": np.concatenate([labels, 7 - labels], 1).astype(np.int32),
+  }
+
+
+def _one_device_start(model_dir, batches):
+  """The one-device trainer on `batches`, with its initial state saved (ckpt-0) and returned."""
+  fns = multi_worker_run.fixed_input_fns(batches)
+  trainer = training.MultiTaskTrainer(model_dir, input_fns=fns)
+  trainer.save()
+  return trainer, multi_worker_run.trainer_state(trainer)
+
+
+def _assert_matches_one_device(split, one_device, initial):
+  """The split run's state is the one-device run's, to float32 rounding.
+
+  Weights are compared by their steps (weights minus initial weights), each kind of slot,
+  the accumulators and the moving means as they are, each kind at its own scale.
+  """
+  kinds = {"step": "variable/", "velocity": "/velocity", "momentum": "/momentum",
+           "accumulator": "accumulator/", "moving mean": "/moving_mean"}
+  for kind, part in kinds.items():
+    keys = sorted(k for k in one_device if part in k)
+    assert keys and all(k in split for k in keys), kind
+    if kind == "step":
+      assert_close_at_scale(
+          [split[k] - initial[k] for k in keys], [one_device[k] - initial[k] for k in keys],
+          keys, SPLIT_RTOL, [step_rounding(initial[k], one_device[k]) for k in keys])
+    else:
+      assert_close_at_scale([split[k] for k in keys], [one_device[k] for k in keys], keys,
+                            SPLIT_RTOL)
+  for key in one_device:
+    if key.endswith("/iteration"):
+      assert int(split[key]) == int(one_device[key]) == SPLIT_STEPS // 2, key
 
 
 def _free_ports(count):
@@ -23,16 +136,13 @@ def _free_ports(count):
   return ports
 
 
-def test_two_workers_end_with_identical_weights_slots_and_accumulators(tmp_path):
-  bindings = test_training.TINY + [
-      "MultiTaskTrainer.tasks = ['relative_position', 'exemplar']",
-      "exemplar/TaskSettings.accumulation_steps = 2",
-      # Global batches: 2 replicas (one per worker).
-      "relative_position.batch_size = 4",
-      "exemplar.batch_size = 4",
-  ]
-  bindings_path = tmp_path / "bindings.json"
-  bindings_path.write_text(json.dumps(bindings))
+def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_path, _split_gin):
+  batches = swapped_pair_batches(SPLIT_STEPS, SPLIT_PAIRS)
+  np.savez(tmp_path / "batches.npz", **batches)
+  (tmp_path / "bindings.json").write_text(json.dumps(SPLIT_BINDINGS))
+  one_device, initial = _one_device_start(str(tmp_path / "one_device"), batches)
+  # The workers start from the same checkpoint.
+  shutil.copytree(tmp_path / "one_device", tmp_path / "run")
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   processes = []
@@ -42,26 +152,42 @@ def test_two_workers_end_with_identical_weights_slots_and_accumulators(tmp_path)
                                      "task": {"type": "worker", "index": index}}))
     processes.append(subprocess.Popen(
         [sys.executable, os.path.join(_ROOT, "tests", "multi_worker_run.py"),
-         str(tmp_path / "run"), str(tmp_path / f"worker{index}.npz"), "6", str(bindings_path)],
+         str(tmp_path / "run"), str(tmp_path / f"worker{index}.npz"), str(SPLIT_STEPS),
+         str(tmp_path / "bindings.json"), str(tmp_path / "batches.npz")],
         env=env, cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  one_device.train(num_steps=SPLIT_STEPS)  # meanwhile
   outputs = [p.communicate(timeout=400)[0] for p in processes]
   for p, out in zip(processes, outputs):
     assert p.returncode == 0, out[-3000:]
-  a = np.load(tmp_path / "worker0.npz")
-  b = np.load(tmp_path / "worker1.npz")
-  assert sorted(a.files) == sorted(b.files)
-  # 6 steps: rp, ex, rp, ex, rp, ex; exemplar updates every 2 of its steps: it applied at its
-  # second step and has accumulated its third (each worker's share, summed when read).
-  np.testing.assert_array_equal(a["task_steps"], [3, 3])
-  for key in a.files:
+  a = dict(np.load(tmp_path / "worker0.npz"))
+  b = dict(np.load(tmp_path / "worker1.npz"))
+  # Both workers hold the same state, bit for bit.
+  assert sorted(a) == sorted(b)
+  for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  accumulators = [k for k in a.files if k.startswith("accumulator/exemplar")]
-  assert accumulators and any(a[k].any() for k in accumulators)
-  iterations = [k for k in a.files if k.startswith("optimizer/exemplar") and "iteration" in k]
-  assert iterations and int(a[iterations[0]]) == 1
+  np.testing.assert_array_equal(a["task_steps"], [SPLIT_STEPS])
+  _assert_matches_one_device(a, multi_worker_run.trainer_state(one_device), initial)
   # The chief wrote the checkpoints; the other worker's temporary directory is gone.
   names = os.listdir(tmp_path / "run")
-  assert "checkpoint" in names and not [n for n in names if n.startswith(".worker_tmp")]
+  assert f"ckpt-{SPLIT_STEPS}.index" in names
+  assert not [n for n in names if n.startswith(".worker_tmp")]
+
+
+def test_mirrored_over_two_devices_matches_one_device_on_the_whole_batch(tmp_path, _split_gin):
+  batches = swapped_pair_batches(SPLIT_STEPS, SPLIT_PAIRS)
+  one_device, initial = _one_device_start(str(tmp_path / "one_device"), batches)
+  shutil.copytree(tmp_path / "one_device", tmp_path / "mirrored")
+  mirrored = training.MultiTaskTrainer(
+      str(tmp_path / "mirrored"), input_fns=multi_worker_run.fixed_input_fns(batches),
+      # Reduction through one device, not CPU collectives: two MirroredStrategy objects with
+      # collectives in one process (test_trunk.py makes another) clash on instance keys.
+      strategy=tf.distribute.MirroredStrategy(
+          ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()))
+  assert mirrored.strategy.num_replicas_in_sync == 2 and mirrored.restored_from
+  one_device.train(num_steps=SPLIT_STEPS)
+  mirrored.train(num_steps=SPLIT_STEPS)
+  _assert_matches_one_device(multi_worker_run.trainer_state(mirrored),
+                             multi_worker_run.trainer_state(one_device), initial)
 
 
 def _train_command(tmp_path, num_steps):
