@@ -21,7 +21,7 @@ setuptools.setup(
     package_data={"mtssl_tf.assets": ["*.npy"]},
     python_requires=">=3.11,<3.12",
     install_requires=_requirements(),
-    extras_require={"test": ["pytest>=7,<9"]},
+    extras_require={"test": ["pytest>=7,<9", "pytest-xdist>=3,<4"]},
     entry_points={
         "console_scripts": [
             "mtssl-export = mtssl_tf.bin.export:run",
