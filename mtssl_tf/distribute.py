@@ -1,4 +1,4 @@
-"""Distribution conventions, in one place (../shared/STYLE.md habit 5).
+"""Distribution conventions, in one place.
 
 * The strategy comes from a name: "default" (one device: CPU or one GPU), "mirrored" (all local
   GPUs, or the devices given), "multi_worker" (MultiWorkerMirroredStrategy from `TF_CONFIG`).

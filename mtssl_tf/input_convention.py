@@ -2,7 +2,7 @@
 
 Every task, evaluation and export turns images into trunk input with `to_trunk_input`, so the
 convention cannot drift between them. It is the convention of tf-slim's ImageNet ResNet-v2
-checkpoints and of the paper's released weights (see ../shared/DESIGN.md):
+checkpoints and of the paper's released weights:
 
   * channel order RGB, NHWC;
   * pixel values in [0, 255] (uint8 images are cast, float images are taken as they are);

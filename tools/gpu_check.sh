@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 7): install the pinned stack with TensorFlow's CUDA libraries,
+# The prepared GPU check: install the pinned stack with TensorFlow's CUDA libraries,
 # run the precision and XLA tests on the GPU, then the accelerator benchmark. Meant for a short
 # lease of one GPU: under 8 minutes on one H100 with a warm package cache.
 #

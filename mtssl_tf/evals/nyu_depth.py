@@ -16,7 +16,7 @@ zoom by s looks like a camera s times closer), a horizontal flip of image and de
 a per-channel color gain in [0.8, 1.2]. Laina's rotation is left out. Depth is resized by
 nearest neighbour, never interpolated, so invalid (zero) pixels do not blend into valid ones.
 
-Conventions recorded here (DESIGN.md "Evaluations"):
+Conventions (Laina et al. 2016 and the paper's section 5) recorded here:
   * Loss resolution (`match_resolution`): the loss is computed at the prediction's resolution,
     with the target and its validity mask resized down by nearest neighbour, as Laina did.
     Metrics are computed at the target's (preprocessed, 240x320) resolution, with the

@@ -2,11 +2,11 @@
 
 A task is Estimator-shaped: `input_fn(input_context)` returns a `tf.data.Dataset` of feature
 dicts batched per replica, and `model_fn(features, mode)` returns a `Spec` (loss, predictions,
-metrics). Our training loop (issue 5) drives them under `tf.distribute`. Adding a fifth task is
+metrics). Our training loop (`mtssl_tf/training.py`) drives them under `tf.distribute`. Adding a fifth task is
 one file that subclasses `Task` and decorates it with `@register("name")`, plus one gin file.
 
 Feature keys are prefixed with the task's name (`"colorization/ab_target"`), so tasks never
-collide (../shared/STYLE.md habit 3).
+collide.
 """
 
 import dataclasses

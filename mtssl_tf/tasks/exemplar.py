@@ -4,7 +4,7 @@ pseudo-class, learnt with a triplet loss instead of one softmax class per image.
 Sampling. From each image a square seed region is cropped at a random place; two patches x1 and
 x2 are drawn from it, each with its own random augmentation (`augment`): translation, scaling
 and rotation in one projective warp, then contrast and HSV color changes, after the original's
-list (../shared/DESIGN.md):
+list (Dosovitskiy et al. 2014):
 
   translation    up to `max_translation` x the patch size, each axis (0.2)
   scale          the patch covers `scale` x its size in pixels, log-uniform in `scale_range`
