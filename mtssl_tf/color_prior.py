@@ -39,8 +39,6 @@ Outputs of `make_prior_file` (written atomically, each through a temporary file 
 
 import inspect
 import json
-import os
-import tempfile
 import time
 
 from absl import logging
@@ -49,6 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import color
+from mtssl_tf import files
 from mtssl_tf.data import sources
 
 # Arguments of `image_dataset` recorded in the JSON summary to say what was read.
@@ -254,27 +253,10 @@ def compute_prior(dataset, num_images, max_side, pixel_stride, sigma, stats=None
   return prior, summary
 
 
-def _write_atomically(path, write_fn, mode):
-  """Writes `path` through a temporary file in its directory, then renames it into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, mode) as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_prior(prior, summary, output):
   """Writes the prior to `output` (.npy) and the summary to `summary_path(output)`, atomically."""
-  _write_atomically(output, lambda f: np.save(f, np.asarray(prior, np.float64)), "wb")
-  _write_atomically(summary_path(output),
+  files.write_atomically(output, lambda f: np.save(f, np.asarray(prior, np.float64)), "wb")
+  files.write_atomically(summary_path(output),
                     lambda f: f.write(json.dumps(summary, indent=1) + "\n"), "w")
 
 

@@ -24,7 +24,6 @@ import collections
 import importlib.util
 import os
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -32,6 +31,8 @@ from absl import logging
 from matplotlib import figure as mpl_figure
 from matplotlib import ticker as mpl_ticker
 from matplotlib.backends import backend_agg
+
+from mtssl_tf import files
 
 FLAGS = flags.FLAGS
 
@@ -196,20 +197,7 @@ def plot(lines, output, axis="compute", title=DEFAULT_TITLE, dpi=100):
 
   fig.canvas.draw()
   width, height = fig.canvas.get_width_height()
-  directory = os.path.dirname(os.path.abspath(output))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(output) + ".",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=dpi)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, output)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  files.write_atomically(output, lambda f: fig.savefig(f, format="png", dpi=dpi), "wb")
   return {"size": (height, width), "drawn": drawn, "styles": styles}
 
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -40,6 +39,8 @@ from matplotlib import figure as mpl_figure
 from matplotlib.backends import backend_agg
 import numpy as np
 import tensorflow as tf
+
+from mtssl_tf import files
 
 FLAGS = flags.FLAGS
 
@@ -298,20 +299,7 @@ def plot(pretext_names, pretext_rows, eval_names, eval_rows, output, gamma=0.5,
   box = ax.get_window_extent()
   axes_box = (box.x0, height - box.y1, box.x1, height - box.y0)
 
-  directory = os.path.dirname(os.path.abspath(output))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(output) + ".",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=dpi)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, output)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  files.write_atomically(output, lambda f: fig.savefig(f, format="png", dpi=dpi), "wb")
   return {"image": image, "axes_box": axes_box, "size": (height, width)}
 
 

@@ -36,12 +36,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from typing import Dict, Optional
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from mtssl_tf import files
 
 FLAGS = flags.FLAGS
 
@@ -387,24 +388,6 @@ def make_tables(rows):
   return "\n\n".join(parts) + "\n"
 
 
-def write_atomically(text, output):
-  """Writes `text` to `output` through a temporary file in its directory and `os.replace`."""
-  directory = os.path.dirname(os.path.abspath(output))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(output) + ".",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, output)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def define_flags(flag_values=flags.FLAGS):
   """Defines the binary's flags; called only when run as a binary, so importing defines none."""
   fv = {"flag_values": flag_values}
@@ -431,7 +414,7 @@ def main(argv):
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"results_table: {e}")
   text = make_tables(rows)
-  write_atomically(text, FLAGS.output)
+  files.write_atomically(FLAGS.output, lambda f: f.write(text))
   print(text)
   print(f"{len(rows)} rows written to {FLAGS.output}")
 
