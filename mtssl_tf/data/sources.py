@@ -26,6 +26,7 @@ import gin
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mtssl_tf.data import splits
 from mtssl_tf.data import toy
 
 SOURCES = ("tfds", "tfrecord", "folder", "toy")
@@ -259,14 +260,25 @@ def _to_rgb_uint8(image):
   return image
 
 
-def _tfds_dataset(name, split, data_dir, manual_dir, image_key, input_context, shuffle_files,
-                  seed):
-  """The TFDS source; see `image_dataset`."""
+def _tfds_builder(name, split, data_dir, manual_dir, binding):
+  """The TFDS builder of `name`, after checking `split` against its declared splits.
+
+  The split is checked first, from the builder's code: TFDS's mock data accepts any split name,
+  and preparing ImageNet from `manual_dir` takes hours, so a wrong split must fail before either.
+  """
+  splits.check_split(name, split, binding=binding, data_dir=data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   if manual_dir is not None:
     # Prepares from files already on disk (ImageNet's tars); a no-op if already prepared.
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def _tfds_dataset(name, split, data_dir, manual_dir, image_key, input_context, shuffle_files,
+                  seed):
+  """The TFDS source; see `image_dataset`."""
+  builder = _tfds_builder(name, split, data_dir, manual_dir, "image_dataset.split")
   features = builder.info.features
   if image_key not in features:
     raise ValueError(f"TFDS dataset {name!r} has no feature {image_key!r}; it has "
@@ -394,7 +406,8 @@ def image_dataset(source="toy",
         searched recursively.
       "toy": `num_toy_images` generated images of size `toy_size` (see `toy.py`), in index
         order.
-    split: TFDS split, e.g. "train" or "train[:10%]".
+    split: TFDS split expression, e.g. "train" or "train[:10%]", of the splits the dataset's
+      builder declares (checked before reading; see `splits.check_split`).
     name: TFDS dataset name.
     data_dir: TFDS data directory; None means TFDS's default (`TFDS_DATA_DIR` or
       ~/tensorflow_datasets).
@@ -438,34 +451,36 @@ def image_dataset(source="toy",
 
 @gin.configurable
 def tfds_split(name, split, data_dir=None, manual_dir=None, input_context=None,
-               shuffle_files=False):
+               shuffle_files=False, binding=None):
   """A TFDS split as a dataset of its feature dicts, sharded for `input_context`.
 
   Args:
     name: TFDS dataset name, e.g. "imagenet2012", "voc/2007", "nyu_depth_v2".
-    split: e.g. "train", "validation", "test".
+    split: a split expression of the names the dataset's builder declares, e.g. "train",
+      "train+validation", "validation[:50]" (checked by `splits.check_split` before reading).
     data_dir: TFDS data directory (None: TFDS's default).
     manual_dir: manual download directory (ImageNet's tars); prepared if not yet.
     input_context: `tf.distribute.InputContext` or None.
     shuffle_files: shuffle the order of files.
+    binding: the caller's gin binding that set `split` (e.g. "voc_detection.train_split"),
+      named in the error for a split the dataset does not declare.
 
   Returns:
     (dataset, `tfds.core.DatasetInfo`).
 
   Raises:
-    ValueError: naming the dataset, the directory and how to prepare it, when it is missing.
+    ValueError: for a split the dataset does not declare, naming it and `binding`.
+    splits.DataNotFoundError: naming the dataset, the directory and how to prepare it, when it
+      is missing.
   """
-  builder = tfds.builder(name, data_dir=data_dir)
-  if manual_dir is not None:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  builder = _tfds_builder(name, split, data_dir, manual_dir, binding)
   try:
     dataset = builder.as_dataset(
         split=split, shuffle_files=shuffle_files,
         read_config=tfds.ReadConfig(input_context=input_context))
   except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
-    raise ValueError(
-        f"TFDS dataset {name!r} (split {split!r}) is not prepared in "
-        f"{builder.data_dir!r}: {e}. Prepare it first (WORKSPACE.md), e.g. `tfds build {name} "
+    raise splits.DataNotFoundError(
+        f"TFDS dataset {name!r} (split {split!r}) is not prepared in {builder.data_dir!r}: "
+        f"{str(e).splitlines()[0]}. Prepare it first (WORKSPACE.md), e.g. `tfds build {name} "
         f"--data_dir=...`, and bind tfds_split.data_dir.") from e
   return dataset, builder.info

@@ -261,6 +261,25 @@ def test_tfds_grayscale_becomes_rgb():
     np.testing.assert_array_equal(image[..., 1], image[..., 2])
 
 
+def test_tfds_split_refuses_undeclared_split_under_mock_data():
+  # Mock data reads any split name; the split is checked against the builder's own.
+  with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(ValueError, match=r"TFDS dataset 'voc/2007' has no split 'trainval'.*"
+                                         r"bind voc_detection.train_split to"):
+      sources.tfds_split("voc/2007", "trainval", binding="voc_detection.train_split")
+    with pytest.raises(ValueError, match=r"'nyu_depth_v2' has no split 'test'"):
+      sources.tfds_split("nyu_depth_v2", "test")
+    dataset, info = sources.tfds_split("voc/2007", "train+validation[:10]")
+  assert info.full_name.startswith("voc/2007/") and dataset.cardinality() == 2
+
+
+def test_tfds_image_source_refuses_undeclared_split_under_mock_data():
+  with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(ValueError, match=r"'imagenet2012' has no split 'val'.*"
+                                         r"bind image_dataset.split to"):
+      sources.image_dataset(source="tfds", name="imagenet2012", split="val")
+
+
 # --- ensure_min_size ---------------------------------------------------------------------------
 
 
