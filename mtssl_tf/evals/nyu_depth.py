@@ -8,24 +8,42 @@ resolution (16 / 2^3 = 2). Since ResNet-v2 block outputs are pre-activation, the
 applies batch norm and ReLU to block 3 (in place of Laina's 1x1 convolution and batch norm after
 ResNet-50's last, already activated, block). The loss is Laina's reverse Huber (berHu).
 
-Input (`preprocess`), Laina's recipe at half resolution: the 480x640 TFDS `nyu_depth_v2`
-frames (any size works) are resized to `crop_size` (240x320; both sides must be multiples of
-16); for training, Eigen et al. 2014's augmentation: a random scale s in [1, 1.5] (the frame is
-resized to s x `crop_size` and a random `crop_size` window taken; depths are divided by s, as a
-zoom by s looks like a camera s times closer), a horizontal flip of image and depth together and
-a per-channel color gain in [0.8, 1.2]. Laina's rotation is left out. Depth is resized by
-nearest neighbour, never interpolated, so invalid (zero) pixels do not blend into valid ones.
+Protocol (Laina et al. 2016, which the paper follows; the `NyuDepth` defaults and
+gin/evals/nyu_depth.gin):
+  * Data: TFDS `nyu_depth_v2`, "train" (47,584 frames of 480x640 from the raw videos) and
+    "validation" (the 654 test images of the standard split).
+  * Training input (`preprocess`): the frame at half resolution (`input_size` 240x320) and
+    Eigen et al. 2014's augmentation, which Laina used: a random scale s in [1, 1.5] (the frame
+    is resized to s x 240x320 and depths are divided by s, as a zoom by s looks like a camera s
+    times closer), a random crop, a horizontal flip of image and depth together and a
+    per-channel color gain in [0.8, 1.2]; Laina's rotation is left out. Laina's crops are
+    304x228 (width x height); the trunk needs multiples of 16, so ours are 224x304 (height x
+    width; 224 the multiple of 16 nearest to 228). The prediction is at half the input's
+    resolution, 112x152 for a crop.
+  * Optimization (`NyuDepth.protocol`): batch 16, SGD with momentum 0.9, learning rate 0.01
+    times 0.1 at 35% and 70% of training. Laina trained about 20 epochs over ~95K augmented
+    pairs (from ~12K unique frames), about 1.9M images, reducing the rate every 6-8 epochs;
+    with online augmentation over TFDS's 47,584 frames, 40 epochs (1,903,360 images, 118,960
+    steps of 16) see as many.
+  * Test: each 480x640 test frame is resized as a whole to the network's test input
+    (`input_size`, 240x320: half resolution, both sides multiples of 16); the 120x160
+    prediction is upsampled bilinearly to the frame's original size and scored against the
+    original, full-resolution depth of the frame, as Laina scored theirs at 640x480. Toy
+    scenes (`mtssl_tf.data.toy_depth`) are scored at their own size likewise.
+  * Pooling: the headline metrics (the paper's "percent of pixels" below 1.25 among them) pool
+    all valid pixels of the test set; the mean over images of each per-image metric is reported
+    beside them, keys suffixed "_per_image".
 
-Conventions (Laina et al. 2016 and the paper's section 5) recorded here:
+Conventions recorded here:
   * Loss resolution (`match_resolution`): the loss is computed at the prediction's resolution,
     with the target and its validity mask resized down by nearest neighbour, as Laina did.
-    Metrics are computed at the target's (preprocessed, 240x320) resolution, with the
+    Metrics are computed at the target's resolution (the original frame's, at test), with the
     prediction upsampled bilinearly; this is what `DepthMetricsAccumulator` does.
+  * Depth is resized by nearest neighbour, never interpolated, so invalid (zero) pixels do not
+    blend into valid ones.
   * Valid pixels: target depth finite and > 0; all losses and metrics use valid pixels only.
   * Predictions are clipped below at `MIN_DEPTH` (1 mm) before any metric, so ratios and
     logarithms are defined for a network that predicts zero or negative depth.
-  * Metrics pool all valid pixels of the test set (the paper's "percent of pixels"); the mean
-    over images of each per-image metric is reported beside them, keys suffixed "_per_image".
 """
 
 import gin
@@ -33,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import input_convention
+from mtssl_tf.data import toy_depth
 from mtssl_tf.evals import base
 
 # The trunk's output stride for this evaluation, and the decoder's total upsampling.
@@ -46,6 +65,10 @@ MIN_DEPTH = 1e-3
 DELTA_BASE = 1.25
 METRIC_NAMES = ("delta1_pct", "delta2_pct", "delta3_pct", "abs_rel", "rmse", "log10")
 _BN = dict(epsilon=1e-5, momentum=0.997)
+# The network's input: NYU's 480x640 frames at half resolution (Laina et al. 2016), and the
+# training crop: Laina's 228x304 (height x width) with the height at the nearest multiple of 16.
+INPUT_SIZE = (240, 320)
+CROP_SIZE = (224, 304)
 
 
 def unpool(inputs):
@@ -306,61 +329,84 @@ def _op_seed(seed, offset):
   return None if seed is None else seed + offset
 
 
-@gin.configurable("preprocess", module="nyu_depth", denylist=["example", "training"])
-def preprocess(example, training=True, crop_size=(240, 320), scale_range=(1.0, 1.5),
-               color_gain=0.2, seed=None):
+def check_sizes(input_size, crop_size):
+  """Raises ValueError unless both sizes are multiples of 16 and the crop fits the input."""
+  for name, size in (("input_size", input_size), ("crop_size", crop_size)):
+    if len(size) != 2 or size[0] % OUTPUT_STRIDE or size[1] % OUTPUT_STRIDE:
+      raise ValueError(f"nyu_depth.{name} must be (height, width), both multiples of "
+                       f"{OUTPUT_STRIDE}, got {tuple(size)}; bind another (gin).")
+  if crop_size[0] > input_size[0] or crop_size[1] > input_size[1]:
+    raise ValueError(f"nyu_depth.crop_size {tuple(crop_size)} must fit in nyu_depth.input_size "
+                     f"{tuple(input_size)}; bind a smaller crop or a larger input (gin).")
+
+
+@gin.configurable("preprocess", module="nyu_depth",
+                  denylist=["example", "training", "input_size", "crop_size"])
+def preprocess(example, training=True, input_size=INPUT_SIZE, crop_size=CROP_SIZE,
+               scale_range=(1.0, 1.5), color_gain=0.2, seed=None):
   """{'image': uint8 [H, W, 3], 'depth': float [H, W]} -> the evaluation's features.
 
+  Training: the frame is resized to s x `input_size` for a random scale s, depths are divided
+  by s, and a random `crop_size` window is taken, flipped horizontally half the time and
+  color-jittered. Test: the frame is resized to `input_size` (the network's input) and the
+  depth is kept at the frame's own resolution, at which it is scored.
+
   Args:
-    example: a TFDS `nyu_depth_v2` example (depth in metres, float16 there); any H, W.
-    training: augment (scale, crop, flip, color) when True; only resize otherwise.
-    crop_size: (height, width) of the output, both multiples of 16.
-    scale_range: (low, high) of the uniform random scale when training; depths are divided by
-      the scale.
+    example: a TFDS `nyu_depth_v2` example (depth in metres, float16 there) or a toy scene;
+      any H, W.
+    training: augment and crop when True; only resize the image otherwise.
+    input_size: (height, width) the frame is resized to (before scaling, for training), both
+      multiples of 16; `NyuDepth.input_size` (gin `nyu_depth.input_size`).
+    crop_size: (height, width) of the training crops, multiples of 16, at most `input_size`;
+      `NyuDepth.crop_size` (gin `nyu_depth.crop_size`).
+    scale_range: (low, high) of the uniform random scale when training, 1 <= low <= high.
     color_gain: each RGB channel is multiplied by a uniform gain in [1 - g, 1 + g] when
       training (0: no color change).
     seed: optional op seed.
 
   Returns:
-    dict with 'nyu_depth/image' (float32 [h, w, 3], trunk input), 'nyu_depth/depth' (float32
-    [h, w], metres, 0 where invalid) and 'nyu_depth/valid' (bool [h, w]), (h, w) = crop_size.
+    dict with 'nyu_depth/image' (float32 trunk input, [*crop_size, 3] for training,
+    [*input_size, 3] for test), 'nyu_depth/depth' (float32, metres, 0 where invalid; [*crop_size]
+    for training, [H, W] for test) and 'nyu_depth/valid' (bool, the depth's shape).
 
   Raises:
-    ValueError: if a side of crop_size is not a multiple of 16, or scale_range[0] < 1.
+    ValueError: for sizes `check_sizes` rejects, or scale_range[0] < 1.
   """
-  height, width = crop_size
-  if height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
-    raise ValueError(f"nyu_depth crop_size must be multiples of {OUTPUT_STRIDE}, got "
-                     f"{tuple(crop_size)} (gin: nyu_depth.preprocess.crop_size).")
+  check_sizes(input_size, crop_size)
   if scale_range[0] < 1.0 or scale_range[1] < scale_range[0]:
-    raise ValueError(f"nyu_depth scale_range must satisfy 1 <= low <= high, got {scale_range} "
-                     "(a scale below 1 leaves nothing to crop).")
+    raise ValueError(f"nyu_depth.preprocess.scale_range must satisfy 1 <= low <= high, got "
+                     f"{scale_range} (a scale below 1 leaves nothing to crop).")
   image = tf.cast(example["image"], tf.float32)
   depth = tf.cast(example["depth"], tf.float32)
   depth = tf.where(tf.math.is_finite(depth) & (depth > 0), depth, 0.0)
-  if training:
-    scale = tf.random.uniform([], scale_range[0], scale_range[1], seed=_op_seed(seed, 0))
-    size = tf.cast(tf.math.ceil(tf.constant([height, width], tf.float32) * scale), tf.int32)
-    size = tf.maximum(size, [height, width])
-    depth = depth / scale
-  else:
-    size = tf.constant([height, width], tf.int32)
+  if not training:
+    image = tf.image.resize(image, input_size, method="bilinear", antialias=True)
+    image = tf.ensure_shape(tf.clip_by_value(image, 0.0, input_convention.PIXEL_MAX),
+                            [*input_size, 3])
+    return _features(image, depth)
+  height, width = crop_size
+  scale = tf.random.uniform([], scale_range[0], scale_range[1], seed=_op_seed(seed, 0))
+  size = tf.cast(tf.math.ceil(tf.constant(input_size, tf.float32) * scale), tf.int32)
+  size = tf.maximum(size, input_size)
   image = tf.image.resize(image, size, method="bilinear", antialias=True)
-  depth = tf.image.resize(depth[..., None], size, method="nearest")[..., 0]
-  if training:
-    top = _random_offset(size[0] - height, _op_seed(seed, 1))
-    left = _random_offset(size[1] - width, _op_seed(seed, 2))
-    image = image[top:top + height, left:left + width]
-    depth = depth[top:top + height, left:left + width]
-    flip = tf.random.uniform([], seed=_op_seed(seed, 3)) < 0.5
-    image = tf.where(flip, image[:, ::-1], image)
-    depth = tf.where(flip, depth[:, ::-1], depth)
-    if color_gain:
-      gain = tf.random.uniform([3], 1.0 - color_gain, 1.0 + color_gain, seed=_op_seed(seed, 4))
-      image = image * gain
+  depth = tf.image.resize(depth[..., None], size, method="nearest")[..., 0] / scale
+  top = _random_offset(size[0] - height, _op_seed(seed, 1))
+  left = _random_offset(size[1] - width, _op_seed(seed, 2))
+  image = image[top:top + height, left:left + width]
+  depth = depth[top:top + height, left:left + width]
+  flip = tf.random.uniform([], seed=_op_seed(seed, 3)) < 0.5
+  image = tf.where(flip, image[:, ::-1], image)
+  depth = tf.where(flip, depth[:, ::-1], depth)
+  if color_gain:
+    gain = tf.random.uniform([3], 1.0 - color_gain, 1.0 + color_gain, seed=_op_seed(seed, 4))
+    image = image * gain
   image = tf.ensure_shape(tf.clip_by_value(image, 0.0, input_convention.PIXEL_MAX),
                           [height, width, 3])
-  depth = tf.ensure_shape(depth, [height, width])
+  return _features(image, tf.ensure_shape(depth, [height, width]))
+
+
+def _features(image, depth):
+  """Image [h, w, 3] in [0, 255] and depth (0 where invalid) -> the evaluation's features."""
   return {
       "nyu_depth/image": input_convention.to_trunk_input(image[None])[0],
       "nyu_depth/depth": depth,
@@ -451,51 +497,6 @@ def depth_metrics(prediction, target, valid_mask):
   return accumulator.result()
 
 
-def toy_depth_scenes(num_scenes=32, size=(96, 128), seed=0):
-  """Toy scenes with depth, for the demo and tests: what the image shows says how far it is.
-
-  A floor whose depth grows from the bottom row (1.5 m) to the horizon (8 m), under a far wall
-  (8 m), with 1-3 upright boxes standing on the floor at their own depth (1.5-6 m). Every
-  surface carries the toy images' texture (mtssl_tf/data/toy.py), shrunk with distance (a far
-  surface's texture is finer), and shading darkens with depth, so monocular cues exist.
-
-  Returns:
-    dict of numpy arrays {"image": uint8 [N, H, W, 3], "depth": float32 [N, H, W]} (meters).
-  """
-  from mtssl_tf.data import toy  # pylint: disable=g-import-not-at-top
-  rng = np.random.RandomState(seed)
-  height, width = size
-  textures = toy.make_toy_images(num_scenes + 4, (2 * height, 2 * width), seed + 1)
-  images = np.zeros([num_scenes, height, width, 3], np.uint8)
-  depths = np.zeros([num_scenes, height, width], np.float32)
-  rows = np.arange(height, dtype=np.float32)[:, None]
-  for n in range(num_scenes):
-    horizon = int(height * rng.uniform(0.3, 0.5))
-    # Floor depth ~ 1 / (row - horizon): a plane seen by a level camera.
-    floor = 1.5 * (height - horizon) / np.maximum(rows - horizon, 1e-3)
-    depth = np.where(rows > horizon, np.minimum(floor, 8.0), 8.0) * np.ones([1, width])
-    for _ in range(rng.randint(1, 4)):
-      box_depth = rng.uniform(1.5, 6.0)
-      # The box stands on the floor: its base row is where the floor has its depth.
-      base = int(min(height - 1, horizon + 1.5 * (height - horizon) / box_depth))
-      box_height = int(rng.uniform(0.2, 0.5) * height * 2.0 / box_depth) + 4
-      box_width = int(rng.uniform(0.1, 0.3) * width * 2.0 / box_depth) + 4
-      left = rng.randint(0, max(1, width - box_width))
-      top = max(0, base - box_height)
-      region = (slice(top, base), slice(left, left + box_width))
-      depth[region] = np.minimum(depth[region], box_depth)
-    texture = textures[n].astype(np.float32)
-    # Texture scale shrinks with depth: sample the texture at coordinates scaled by 2 / depth.
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    scale = 2.0 / depth
-    ty = np.clip((ys * scale) % (2 * height), 0, 2 * height - 1).astype(int)
-    tx = np.clip((xs * scale) % (2 * width), 0, 2 * width - 1).astype(int)
-    shade = np.clip(1.2 - depth / 10.0, 0.3, 1.0)[..., None]
-    images[n] = np.clip(texture[ty, tx] * shade, 0, 255).astype(np.uint8)
-    depths[n] = depth
-  return {"image": images, "depth": depths}
-
-
 class _Metrics(base.MetricsAccumulator):
   """`DepthMetricsAccumulator` over the evaluation's feature and prediction dicts."""
 
@@ -508,47 +509,65 @@ class _Metrics(base.MetricsAccumulator):
 
   def result(self):
     result = dict(self.accumulator.result())
-    result["pooling"] = ("main figures pool every valid pixel of the test set; *_per_image "
-                         "are means over images of per-image values")
+    result["pooling"] = (
+        "scored at each test image's original resolution (NYU: 480x640), the prediction "
+        "upsampled bilinearly; the main figures pool every valid pixel of the test set; "
+        "*_per_image are means over images of per-image values")
     return result
 
 
 @base.register("nyu_depth")
 @gin.configurable("nyu_depth")
 class NyuDepth(base.Evaluation):
-  """Laina's up-projection decoder on block 3 (stride 16), berHu loss; trunk fine-tuned."""
+  """Laina's up-projection decoder on block 3 (stride 16), berHu loss; trunk fine-tuned.
+
+  The constructor's defaults and `protocol` are Laina et al. 2016's protocol as the paper used
+  it (see the module docstring).
+  """
 
   output_stride = OUTPUT_STRIDE
   fine_tunes_trunk = True
+  # 40 epochs over 47,584 frames at batch 16: 118,960 steps, ~1.9M images as Laina's ~20
+  # epochs over ~95K augmented pairs; Laina lowered the rate every 6-8 of those epochs. Batch
+  # norm statistics are re-estimated on NYU's training images before fine-tuning and the test.
+  protocol = dict(train_epochs=40, learning_rate=0.01, momentum=0.9, decay_rate=0.1,
+                  decay_at=(0.35, 0.7), clip_gradient_norm=0.0, batch_norm_statistics="estimate")
 
   def __init__(self, trunk, dataset="nyu_depth_v2", train_split="train",
-               eval_split="validation", batch_size=8, crop_size=(240, 320),
-               shuffle_buffer=256):
+               eval_split="validation", batch_size=16, input_size=INPUT_SIZE,
+               crop_size=CROP_SIZE, shuffle_buffer=256):
     """Creates the decoder.
 
     Args:
       trunk: the trunk (fine-tuned with the decoder).
-      dataset: "nyu_depth_v2" (TFDS) or "toy" (`toy_depth_scenes`).
+      dataset: "nyu_depth_v2" (TFDS) or "toy" (`mtssl_tf.data.toy_depth` scenes).
       train_split, eval_split: TFDS splits (TFDS's NYU has "train" and "validation", the
         latter the 654 test images of the standard split).
       batch_size: global batch size.
-      crop_size: (height, width), multiples of 16.
+      input_size: (height, width) the frames are resized to, the test input: half of NYU's
+        480x640; multiples of 16.
+      crop_size: (height, width) of the training crops, multiples of 16, at most input_size.
       shuffle_buffer: training examples in the shuffle buffer.
+
+    Raises:
+      ValueError: for sizes that are not multiples of 16 or a crop larger than the input.
     """
     super().__init__(trunk)
+    check_sizes(input_size, crop_size)
     self.dataset = dataset
     self.train_split = train_split
     self.eval_split = eval_split
     self.batch_size = batch_size
+    self.input_size = tuple(input_size)
     self.crop_size = tuple(crop_size)
     self.shuffle_buffer = shuffle_buffer
     self.decoder = DepthDecoder()
 
   def toy_data(self, training):
-    return toy_depth_scenes(seed=0 if training else 1)
+    return toy_depth.make_scenes(seed=0 if training else 1)
 
   def preprocess_example(self, example, training):
-    return preprocess(example, training, crop_size=self.crop_size)
+    return preprocess(example, training, input_size=self.input_size, crop_size=self.crop_size)
 
   def model_fn(self, features, mode):
     training = mode == base.Mode.TRAIN

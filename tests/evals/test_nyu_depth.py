@@ -283,19 +283,62 @@ def _decode(features):
   return image, features["nyu_depth/depth"].numpy(), features["nyu_depth/valid"].numpy()
 
 
-def test_evaluation_input_is_the_resized_frame():
+def test_test_input_is_the_half_resolution_frame_and_the_target_the_original_depth():
   example = _coded_example()
   image, depth, valid = _decode(nyu_depth.preprocess(example, training=False))
-  assert image.shape == (240, 320, 3) and depth.shape == (240, 320) and valid.dtype == bool
-  expected = np.nan_to_num(example["depth"][1::2, 1::2].astype(np.float32))
+  assert image.shape == (240, 320, 3) and valid.dtype == bool
+  # The depth is the frame's own, 480x640, untouched (NaN -> 0, invalid).
+  expected = np.nan_to_num(example["depth"].astype(np.float32))
+  assert depth.shape == (480, 640)
   np.testing.assert_array_equal(depth, expected)
   np.testing.assert_array_equal(valid, expected > 0)
   np.testing.assert_allclose(image[..., 1:], np.broadcast_to([128, 64], [240, 320, 2]), atol=0.5)
+  # A 2x smaller ramp: column j averages full-resolution columns symmetric about 2j + 0.5
+  # (away from the borders), where the red code is 255 (2j + 0.5) / 639, rounded to uint8.
+  columns = np.arange(1, 319)
+  np.testing.assert_allclose(image[:, 1:-1, 0], np.broadcast_to(
+      255 * (2 * columns + 0.5) / 639, [240, 318]), atol=0.51)
+
+
+def _indexed_example(height=480, width=640):
+  """A frame whose depth names its pixel: 1 + 1000 row + column (exact in float32)."""
+  rows, cols = np.mgrid[0:height, 0:width]
+  return {"image": np.full([height, width, 3], 100, np.uint8),
+          "depth": (1 + 1000 * rows + cols).astype(np.float32)}
+
+
+def _nearest(size, new_size):
+  """TF's nearest-neighbour source indices with half-pixel centres: floor((i + 0.5) in/out)."""
+  return np.floor((np.arange(new_size) + 0.5) * size / new_size).astype(int)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.5])
+def test_training_crop_is_a_224x304_window_of_the_scaled_half_resolution_frame(scale):
+  tf.random.set_seed(2)
+  example = _indexed_example()
+  # Scaled: (240, 320) x 1.5 = (360, 480); depth divided by the scale.
+  height, width = int(240 * scale), int(320 * scale)
+  rows, cols = _nearest(480, height), _nearest(640, width)
+  ds = tf.data.Dataset.from_tensors(example).repeat(8).map(
+      lambda ex: nyu_depth.preprocess(ex, scale_range=(scale, scale), color_gain=0))
+  windows, flips = set(), set()
+  for features in ds:
+    image, depth, valid = _decode(features)
+    assert image.shape == (224, 304, 3) and depth.shape == (224, 304) and valid.all()
+    flipped = depth[0, 0] > depth[0, 1]
+    code = int(round(depth[0, -1 if flipped else 0] * scale)) - 1
+    top, left = np.searchsorted(rows, code // 1000), np.searchsorted(cols, code % 1000)
+    assert 0 <= top <= height - 224 and 0 <= left <= width - 304
+    expected = example["depth"][rows[top:top + 224]][:, cols[left:left + 304]] / np.float32(scale)
+    np.testing.assert_allclose(depth[:, ::-1] if flipped else depth, expected, rtol=1e-7)
+    windows.add((top, left))
+    flips.add(flipped)
+  assert len(windows) > 1 and flips == {True, False}
 
 
 def _check_aligned(features, scale):
   image, depth, valid = _decode(features)
-  assert image.shape == (240, 320, 3) and depth.shape == (240, 320)
+  assert image.shape == (224, 304, 3) and depth.shape == (224, 304)
   np.testing.assert_array_equal(valid, depth > 0)
   # Depth divided by the scale, and still where the image says (flipped together or not).
   np.testing.assert_allclose(depth[valid] * scale, 1 + 4 * image[..., 0][valid] / 255, atol=0.03)
@@ -323,41 +366,100 @@ def test_default_training_input_scales_depth_and_jitters_color_only():
   scales = []
   for features in ds:
     image, depth, valid = _decode(features)
-    assert image.shape == (240, 320, 3) and valid.all()
+    assert image.shape == (224, 304, 3) and valid.all()
     assert np.ptp(depth) == 0 and 2.0 - 1e-6 <= depth[0, 0] <= 3.0 + 1e-6
     scales.append(3.0 / depth[0, 0])
     gains = image[0, 0] / 100
     assert np.all((gains > 0.8 - 1e-4) & (gains < 1.2 + 1e-4))
     np.testing.assert_allclose(image, np.broadcast_to(image[0, 0], image.shape), atol=1e-3)
   assert np.ptp(scales) > 0.05
-  assert _decode(nyu_depth.preprocess(example, training=False))[1].shape == (240, 320)
+  image, depth, _ = _decode(nyu_depth.preprocess(example, training=False))
+  assert image.shape == (240, 320, 3) and depth.shape == (101, 157)
 
 
-def test_crop_size_must_be_a_multiple_of_16():
-  with pytest.raises(ValueError, match="multiples of 16"):
-    nyu_depth.preprocess(_coded_example(64, 64), crop_size=(40, 48))
+def test_sizes_must_be_multiples_of_16_and_the_crop_must_fit(trunk_and_decoder):
+  example = _coded_example(64, 64)
+  with pytest.raises(ValueError, match="nyu_depth.crop_size .* multiples of 16"):
+    nyu_depth.preprocess(example, input_size=(48, 48), crop_size=(40, 48))
+  with pytest.raises(ValueError, match="nyu_depth.input_size .* multiples of 16"):
+    nyu_depth.preprocess(example, input_size=(50, 48), crop_size=(32, 48))
+  with pytest.raises(ValueError, match="must fit in nyu_depth.input_size"):
+    nyu_depth.NyuDepth(trunk_and_decoder[0], input_size=(32, 48), crop_size=(48, 48))
   with pytest.raises(ValueError, match="scale_range"):
-    nyu_depth.preprocess(_coded_example(64, 64), crop_size=(32, 48), scale_range=(0.5, 1.0))
+    nyu_depth.preprocess(example, input_size=(32, 48), crop_size=(32, 48),
+                         scale_range=(0.5, 1.0))
 
 
-def test_preprocess_on_mock_tfds_nyu_depth_v2():
+def test_protocol_defaults(trunk_and_decoder):
+  evaluation = nyu_depth.NyuDepth(trunk_and_decoder[0])
+  assert (evaluation.dataset, evaluation.train_split, evaluation.eval_split) == (
+      "nyu_depth_v2", "train", "validation")
+  assert evaluation.batch_size == 16
+  assert evaluation.input_size == (240, 320) and evaluation.crop_size == (224, 304)
+  assert nyu_depth.NyuDepth.protocol == dict(
+      train_epochs=40, learning_rate=0.01, momentum=0.9, decay_rate=0.1, decay_at=(0.35, 0.7),
+      clip_gradient_norm=0.0, batch_norm_statistics="estimate")
+
+
+def test_input_fn_on_mock_tfds_nyu_depth_v2(trunk_and_decoder):
+  # The protocol's sizes and batch; a small shuffle buffer (the default's would preprocess 256
+  # frames first).
+  evaluation = nyu_depth.NyuDepth(trunk_and_decoder[0], shuffle_buffer=16)
   with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
-    ds = tfds.load("nyu_depth_v2", split="train")
-    features = next(iter(ds.map(lambda ex: nyu_depth.preprocess(ex, training=True)).batch(2)))
-  assert features["nyu_depth/image"].shape == (2, 240, 320, 3)
-  assert features["nyu_depth/image"].dtype == tf.float32
-  assert features["nyu_depth/depth"].shape == (2, 240, 320)
-  assert features["nyu_depth/depth"].dtype == tf.float32
-  assert features["nyu_depth/valid"].dtype == tf.bool
+    train = next(iter(evaluation.input_fn(None, "train")))
+    test = next(iter(evaluation.input_fn(None, "test")))
+  assert train["nyu_depth/image"].shape == (16, 224, 304, 3)
+  assert train["nyu_depth/depth"].shape == (16, 224, 304)
+  assert test["nyu_depth/image"].shape == (2, 240, 320, 3)
+  assert test["nyu_depth/depth"].shape == (2, 480, 640)
+  assert test["nyu_depth/valid"].shape == (2, 480, 640)
+  for features in (train, test):
+    assert features["nyu_depth/image"].dtype == tf.float32
+    assert features["nyu_depth/depth"].dtype == tf.float32
+    assert features["nyu_depth/valid"].dtype == tf.bool
 
 
-def test_toy_depth_scenes_are_consistent():
-  scenes = nyu_depth.toy_depth_scenes(num_scenes=4, size=(48, 64), seed=3)
-  assert scenes["image"].shape == (4, 48, 64, 3) and scenes["depth"].shape == (4, 48, 64)
-  depth = scenes["depth"]
-  assert depth.min() >= 1.5 - 1e-6 and depth.max() <= 8.0
-  # The bottom row is nearer than the top row (floor below, far wall above).
-  assert (depth[:, -1].mean(axis=1) < depth[:, 0].mean(axis=1)).all()
+def _score(evaluation, depth, prediction):
+  """Scores a half-resolution prediction of a 480x640 test frame with `depth`."""
+  example = {"image": np.zeros([480, 640, 3], np.uint8), "depth": depth.astype(np.float32)}
+  features = tf.nest.map_structure(lambda x: x.numpy()[None],
+                                   evaluation.preprocess_example(example, training=False))
+  assert features["nyu_depth/image"].shape == (1, 240, 320, 3)
+  assert prediction.shape == (120, 160)
+  accumulator = evaluation.metrics_accumulator()
+  accumulator.update(features, {"nyu_depth/depth": prediction[None, ..., None]})
+  return accumulator.result()
+
+
+def test_test_scoring_upsamples_the_prediction_to_the_original_frame(trunk_and_decoder):
+  evaluation = nyu_depth.NyuDepth(trunk_and_decoder[0])
+  # A constant 2 m prediction; the frame's left half at 2.25 m (ratio 1.125), its right half at
+  # 1 m (ratio 2), its top 10 rows invalid.
+  depth = np.where(np.arange(640) < 320, 2.25, 1.0) * np.ones([480, 1])
+  depth[:10] = 0
+  results = _score(evaluation, depth, np.full([120, 160], 2.0))
+  assert results["num_pixels"] == 470 * 640 and results["num_images"] == 1
+  assert results["delta1_pct"] == 50.0 and results["delta3_pct"] == 50.0
+  assert results["abs_rel"] == pytest.approx((0.25 / 2.25 + 1.0) / 2, rel=1e-12)
+  assert results["rmse"] == pytest.approx(math.sqrt((0.25**2 + 1.0) / 2), rel=1e-12)
+  assert results["log10"] == pytest.approx((math.log10(1.125) + math.log10(2)) / 2, rel=1e-12)
+  assert results["abs_rel_per_image"] == pytest.approx(results["abs_rel"], rel=1e-12)
+  assert "original resolution" in results["pooling"] and "pool every valid pixel" in (
+      results["pooling"])
+  # A prediction linear in the column, 1 + c for c = 0..159, upsampled bilinearly 4x with
+  # half-pixel centres: column j reads low-resolution column u = (j + 0.5) / 4 - 0.5, clamped
+  # to [0, 159]. Against a target 1 + u unclamped, only the two border columns on each side
+  # err: targets 0.625, 0.875 (predicted 1) and 160.125, 160.375 (predicted 160).
+  target = (np.arange(640) + 0.5) / 4 + 0.5
+  results = _score(evaluation, target * np.ones([480, 1]),
+                   1.0 + np.arange(160, dtype=np.float64) * np.ones([120, 1]))
+  errors = np.array([0.375, 0.125, 0.125, 0.375])
+  targets = np.array([0.625, 0.875, 160.125, 160.375])
+  assert results["num_pixels"] == 480 * 640
+  # Only column 0 fails delta1: 1 / 0.625 = 1.6 >= 1.25 (1 / 0.875 = 1.14 passes).
+  assert results["delta1_pct"] == pytest.approx(100 * 639 / 640, rel=1e-12)
+  assert results["abs_rel"] == pytest.approx(np.sum(errors / targets) / 640, rel=1e-6)
+  assert results["rmse"] == pytest.approx(math.sqrt(np.sum(errors**2) / 640), rel=1e-6)
 
 
 def test_evaluation_end_to_end_on_mock_nyu(tmp_path):
@@ -366,8 +468,10 @@ def test_evaluation_end_to_end_on_mock_nyu(tmp_path):
   from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   common.parse_gin([], ["Trunk.depth = 26", "nyu_depth.batch_size = 2",
-                        "nyu_depth.crop_size = (64, 96)", "nyu_depth.shuffle_buffer = 4",
+                        "nyu_depth.input_size = (64, 96)", "nyu_depth.crop_size = (48, 80)",
+                        "nyu_depth.shuffle_buffer = 4",
                         "nyu_depth/EvalSettings.train_steps = 2",
+                        "nyu_depth/EvalSettings.batch_norm_batches = 2",
                         "DepthDecoder.filters = (32, 16, 8)"])
   try:
     with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -376,6 +480,7 @@ def test_evaluation_end_to_end_on_mock_nyu(tmp_path):
     gin.clear_config()
   metrics = results["metrics"]
   assert results["trunk"] == {"depth": 26, "output_stride": 16, "fine_tuned": True}
-  assert metrics["num_images"] == 3
+  # Scored at the mock frames' 480x640 (every mock depth is valid), not at the 64x96 input.
+  assert metrics["num_images"] == 3 and metrics["num_pixels"] == 3 * 480 * 640
   assert 0.0 <= metrics["delta1_pct"] <= 100.0 and metrics["rmse"] > 0
   assert "pool every valid pixel" in metrics["pooling"]
