@@ -2,6 +2,7 @@
 
   mtssl-train --gin_file=experiments/rp_col_ex_ms.gin --model_dir=/runs/rp_col_ex_ms
   mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --strategy=mirrored
+  mtssl-train --gin_file=experiments/rp_col_ex_ms.gin --dry_run --seconds_per_step=0.5
   TF_CONFIG=... mtssl-train --gin_file=... --model_dir=gs://... --strategy=multi_worker
   mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --precision=mixed_bfloat16 \
     --jit_compile                                     # GPUs: bf16 compute, XLA-compiled steps
@@ -17,6 +18,7 @@ from absl import flags
 from absl import logging
 import gin
 
+from mtssl_tf import dry_run
 from mtssl_tf import training
 from mtssl_tf.bin import common
 
@@ -34,13 +36,17 @@ flags.DEFINE_bool("jit_compile", None, "Compile each task's step with XLA (overr
 flags.DEFINE_string("tf_data_service", None, "Address (grpc://host:port) of a tf.data service "
                     "dispatcher: input pipelines run on its workers (overrides "
                     "distribute_input.tf_data_service).")
+flags.DEFINE_bool("dry_run", False, "Open every dataset the run needs, print the plan (steps, "
+                  "epochs, checkpoints, compute, wall time) and exit; nothing is written.")
+flags.DEFINE_float("seconds_per_step", None, "With --dry_run: the time of one global step, "
+                   "for the wall time.")
 common.define_gin_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS.model_dir:
+  if not FLAGS.model_dir and not FLAGS.dry_run:
     raise app.UsageError("--model_dir is required.")
   if not FLAGS.gin_file:
     raise app.UsageError("--gin_file is required, e.g. --gin_file=experiments/rp.gin "
@@ -53,6 +59,17 @@ def main(argv):
   if FLAGS.tf_data_service is not None:
     bindings.append(f"distribute_input.tf_data_service = {FLAGS.tf_data_service!r}")
   common.parse_gin(FLAGS.gin_file, bindings)
+  if FLAGS.dry_run:
+    if FLAGS.num_steps is not None:
+      with gin.unlock_config():
+        gin.bind_parameter("run_training.num_steps", FLAGS.num_steps)
+    try:
+      plan = dry_run.training_plan(FLAGS.seconds_per_step)
+    except ValueError as e:
+      print(f"mtssl-train --dry_run: {e}")
+      return 1
+    print("\n".join(dry_run.format_training_plan(plan)))
+    return 0
   overrides = {}
   if FLAGS.num_steps is not None:
     overrides["num_steps"] = FLAGS.num_steps

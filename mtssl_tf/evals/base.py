@@ -9,8 +9,10 @@ pooled over the whole test set (mean AP, pixel ratios), which per-batch means wo
 The loop that trains, evaluates and writes results is `mtssl_tf/evaluation.py`.
 """
 
+import gin
 import tensorflow as tf
 
+from mtssl_tf.data import splits
 from mtssl_tf.data.sources import tfds_split
 from mtssl_tf.tasks.base import Mode  # pylint: disable=unused-import
 from mtssl_tf.tasks.base import Spec  # pylint: disable=unused-import
@@ -44,6 +46,14 @@ def registered():
   return sorted(_REGISTRY)
 
 
+def _tfds_data_dir():
+  """The TFDS data directory bound to `tfds_split.data_dir` (None: TFDS's default)."""
+  try:
+    return gin.query_parameter("tfds_split.data_dir")
+  except ValueError:
+    return None
+
+
 class MetricsAccumulator:
   """Host-side metrics over a whole split: `update` per batch, `result` at the end."""
 
@@ -63,6 +73,11 @@ class Evaluation(tf.Module):
     fine_tunes_trunk: whether the trunk's weights train with the head (BN in training mode).
     lasso: None, or a `lasso.Lasso` with a row for this evaluation (paper Table 4, "eval
       lasso"): the head then reads that row's combination of block 3's units.
+    protocol: the paper's training protocol of this evaluation, as values of the fields of
+      `evaluation.EvalSettings` (restated in gin/evals/<name>.gin); gin overrides them.
+
+  Features: the trunk input is `"<name>/image"` (float [B, H, W, 3]); the loop reads it to
+  re-estimate batch norm statistics.
   """
 
   name = None
@@ -73,6 +88,7 @@ class Evaluation(tf.Module):
   train_split = "train"
   eval_split = "test"
   shuffle_buffer = 256
+  protocol = {}
 
   def __init__(self, trunk):
     super().__init__(name=self.name)
@@ -110,6 +126,18 @@ class Evaluation(tf.Module):
     """The built-in toy set (dataset "toy"): a dict of numpy arrays, one example per row."""
     raise NotImplementedError
 
+  def num_examples(self, training):
+    """Examples in the training (or test) split: the toy set's size, or TFDS's count of the
+    prepared split (None when it cannot be known without reading the data)."""
+    if self.dataset == "toy":
+      return len(next(iter(self.toy_data(training).values())))
+    split = self.train_split if training else self.eval_split
+    return splits.maybe_num_examples(self.dataset, split, data_dir=_tfds_data_dir(),
+                                     binding=self._split_binding(training))
+
+  def _split_binding(self, training):
+    return f"{self.name}.{'train_split' if training else 'eval_split'}"
+
   def dataset_info(self, info):
     """Called with the TFDS `DatasetInfo` of a TFDS source (e.g. to read the class count)."""
     del info
@@ -128,7 +156,7 @@ class Evaluation(tf.Module):
       return dataset
     split = self.train_split if training else self.eval_split
     dataset, info = tfds_split(self.dataset, split, input_context=input_context,
-                               shuffle_files=training)
+                               shuffle_files=training, binding=self._split_binding(training))
     self.dataset_info(info)
     return dataset
 
