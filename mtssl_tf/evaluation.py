@@ -265,7 +265,7 @@ class Evaluator:
   """
 
   def __init__(self, eval_name, checkpoint=None, init="checkpoint", strategy=None,
-               use_lasso=False, trunk=None, seed=None):
+               use_lasso=False, trunk=None, seed=None, evaluation=None):
     """Builds the evaluation.
 
     Args:
@@ -280,6 +280,8 @@ class Evaluator:
         the demo evaluates the trunk it just trained); it is changed if the evaluation
         fine-tunes it.
       seed: recorded in the results (`evaluate` seeds the run with it).
+      evaluation: an `Evaluation` already made on `trunk` (e.g. a benchmark's, on its own
+        data); default: the registered class, gin-configured.
 
     Raises:
       ValueError: an unknown init, a missing or empty checkpoint, a checkpoint whose depth is
@@ -313,8 +315,13 @@ class Evaluator:
               f"{self.prefix} holds a depth-{depth} trunk but the configured trunk has depth "
               f"{self.trunk.depth}; bind Trunk.depth = {depth} (gin) or give the right "
               "checkpoint.")
-      with gin.config_scope(eval_name):
-        self.evaluation = cls(self.trunk)
+      if evaluation is not None:
+        if evaluation.trunk is not self.trunk:
+          raise ValueError("Evaluator: the evaluation given is not made on the trunk given.")
+        self.evaluation = evaluation
+      else:
+        with gin.config_scope(eval_name):
+          self.evaluation = cls(self.trunk)
       if use_lasso:
         self.evaluation.lasso = lasso_lib.Lasso(
             [eval_name], len(trunk_lib.unit_endpoint_names(self.trunk.depth)))
@@ -342,6 +349,8 @@ class Evaluator:
           momentum=self.settings.momentum)
       self.optimizer.build(self.variables)
     self._train_step = tf.function(self._distributed_step)
+    self._step_on = tf.function(
+        lambda features: self._reduce(self.strategy.run(self._replica_step, args=(features,))))
     self._predict = tf.function(
         lambda features: self.evaluation.model_fn(features, base.Mode.PREDICT).predictions)
     self._iterator = None
@@ -377,10 +386,13 @@ class Evaluator:
       evaluation.lasso.project(name)
     return out.loss, out.metrics
 
-  def _distributed_step(self, iterator):
-    loss, metrics = self.strategy.run(self._replica_step, args=(next(iterator),))
+  def _reduce(self, outputs):
+    loss, metrics = outputs
     mean = lambda x: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, x, axis=None)
     return mean(loss), {k: mean(v) for k, v in metrics.items()}
+
+  def _distributed_step(self, iterator):
+    return self._reduce(self.strategy.run(self._replica_step, args=(next(iterator),)))
 
   @property
   def iterator(self):
@@ -389,9 +401,20 @@ class Evaluator:
       self._iterator = iter(self.train_data)
     return self._iterator
 
-  def train_step(self):
-    """One training step on the next training batch: (mean loss, {metric: mean}) tensors."""
-    return self._train_step(self.iterator)
+  def train_step(self, features=None):
+    """One training step: (mean loss, {metric: mean}) tensors.
+
+    Args:
+      features: None (the next batch of the training split), or a batch of training features
+        (each replica trains on it; benchmarks time the step without the input pipeline).
+    """
+    if features is None:
+      return self._train_step(self.iterator)
+    return self._step_on(features)
+
+  def predict(self, features):
+    """The evaluation's PREDICT outputs (dict of tensors) for a batch of test features."""
+    return self._predict(features)
 
   def estimate_batch_norm_statistics(self, include_trunk, batches=None):
     """Re-estimates moving batch norm statistics on the evaluation's training images.
@@ -494,7 +517,7 @@ class Evaluator:
     accumulator = self.evaluation.metrics_accumulator()
     start, last_log, images = time.time(), time.time(), 0
     for features in test_data:
-      predictions = self._predict(features)
+      predictions = self.predict(features)
       accumulator.update(tf.nest.map_structure(np.asarray, features),
                          tf.nest.map_structure(np.asarray, predictions))
       images += int(tf.nest.flatten(features)[0].shape[0])

@@ -114,3 +114,51 @@ def test_harmonized_experiments_switch_relative_position_to_lightness():
   gin.clear_config()
   common.parse_gin(["experiments/rp.gin"], [])
   assert gin.query_parameter("relative_position.preprocess.color_mode") == "drop"
+
+
+EVAL_FILES = sorted(
+    os.path.basename(p)[:-len(".gin")]
+    for p in glob.glob(os.path.join(common.GIN_ROOT, "evals", "*.gin")))
+
+
+def test_every_evaluation_has_a_protocol_file():
+  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
+  assert EVAL_FILES == evals_base.registered()
+
+
+def _default(configurable, param):
+  import inspect  # pylint: disable=g-import-not-at-top
+  function = configurable.wrapped
+  if inspect.isclass(function):
+    function = function.__init__
+  return inspect.signature(function).parameters[param].default
+
+
+def _same(a, b):
+  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+  return a == b and type(a) is type(b) or (isinstance(a, float) and a == b)
+
+
+@pytest.mark.parametrize("name", EVAL_FILES)
+def test_protocol_file_restates_the_code_defaults(name):
+  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(common.GIN_ROOT, "evals", f"{name}.gin")) as f:
+    text = f.read()
+  assert text.startswith("#")
+  assert f"mtssl-evaluate --eval={name} --gin_file=evals/{name}.gin" in text
+  common.parse_gin([f"evals/{name}.gin"], [])
+  protocol = evals_base.get(name).protocol
+  bound_settings = set()
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    configurable = gin.config._REGISTRY.get_match(selector)  # pylint: disable=protected-access
+    for param, value in params.items():
+      if selector.endswith("EvalSettings"):
+        assert scope == name, f"{selector}.{param} bound outside the {name} scope"
+        bound_settings.add(param)
+        expected = protocol[param]
+      else:
+        expected = _default(configurable, param)
+      assert _same(value, expected), (f"{scope}/{selector}.{param} = {value!r} in the gin "
+                                      f"file, {expected!r} in the code")
+  assert bound_settings == set(protocol), "the file must restate the whole protocol"
