@@ -1,16 +1,36 @@
 """ImageNet with frozen features (paper section 5): a linear classifier on the frozen trunk.
 
-The trunk runs at output stride 32 in inference mode (batch norm uses its moving statistics,
-which never change: the trunk is not trained and its statistics are not updated). Block 3's
-output, 7x7x1024 for a 224 px crop, is max-pooled to 3x3x1024 (3x3 windows, stride 2), flattened
-and fed to one linear softmax layer. Before it, a batch normalization without scale or offset
-(`normalize_features`, on by default; as in MAE's linear probing) standardizes each feature:
-the classifier stays linear in the features (at test time it is a fixed affine map), but one
-learning rate then suits every trunk, whose feature scales differ by orders of magnitude (a
-random trunk's block 3, with untrained batch norm statistics, reaches 1e5). Training augmentation: translation (a random 224 crop of
-the image resized so its shorter side is 256) and color (brightness, contrast, saturation, hue);
-evaluation: the center 224 crop of the same resize, no multi-crop, no mirroring. Metrics:
-top-1 and top-5 accuracy (the paper's "recall at 5"), over the whole evaluation split.
+Protocol (section 5): "a single linear classification layer (a softmax) ... at the end of
+block 3", trained "on the full ImageNet training set" with every pretrained weight frozen, tested
+on the ImageNet validation set (50,000 images). The trunk runs at output stride 32 in inference
+mode; its weights never change, and its batch norm statistics are re-estimated on ImageNet
+training images before training (`batch_norm_statistics="estimate"`): a multi-task checkpoint's
+moving averages mix four tasks' differently preprocessed inputs, and a random trunk has none.
+Block 3's output, 7x7x1024 for a 224 px crop, is max-pooled to 3x3x1024 (3x3 windows, stride 2),
+flattened and fed to one linear softmax layer. With an evaluation lasso (paper Table 4, "eval
+lasso") the layer reads a learned combination of the frozen outputs of all block 3 units
+instead (section 3.2): the gradient stops at the unit outputs, so the alpha row trains and the
+trunk does not.
+
+Before the classifier, a batch normalization without scale or offset (`normalize_features`, on
+by default; as in MAE's linear probing) standardizes each feature: the classifier stays linear in
+the features (at test time it is a fixed affine map), but one learning rate then suits every
+trunk, whose feature scales differ by orders of magnitude (a random trunk's block 3, with
+untrained batch norm statistics, reaches 1e5).
+
+Augmentation, "in translation and color, following Szegedy et al.": a random 224 crop of the
+image resized so that its shorter side is 256 (translation only, no scale change), then the
+photometric distortions of TF-slim's Inception preprocessing (`distort_color`: brightness
++-32/255, saturation and contrast x[0.5, 1.5], hue +-0.2, in one of its four orders picked per
+image). Test: the center 224 crop of the same resize, no multi-crop, no mirroring. Metrics:
+top-1 (paper Table 1) and top-5 accuracy (the paper's "recall at 5"), over the whole split.
+
+Schedule (the paper does not give one): SGD with momentum 0.9, batch 256, learning rate 0.1,
+30 epochs, x0.1 after 10 and 20 epochs; no weight decay. This is the usual ImageNet SGD recipe
+(momentum 0.9, 0.1 at batch 256, step decays by 10) shortened for a convex problem on fixed
+features, as linear-probe benchmarks on frozen ImageNet features do (e.g. Goyal et al., 2019,
+about 30 epochs with x0.1 steps). The features are standardized (above), so the rate does not
+depend on the trunk's feature scale.
 
 Data: TFDS `imagenet2012` (manual download), or any TFDS classification dataset with 'image'
 and 'label' features (`imagenet_linear.dataset`), or a built-in toy set (`"toy"`: toy images
@@ -22,16 +42,61 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import input_convention
+from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import sources
 from mtssl_tf.data import toy
 from mtssl_tf.evals import base
 
 RESIZE = 256
 
+# TF-slim's inception_preprocessing.distort_color (fast_mode=False): its four orders of the
+# color ops, one picked at random per image (the ops do not commute).
+COLOR_ORDERS = (("brightness", "saturation", "hue", "contrast"),
+                ("saturation", "brightness", "contrast", "hue"),
+                ("contrast", "hue", "brightness", "saturation"),
+                ("hue", "saturation", "contrast", "brightness"))
+
+
+def distort_color(image, brightness, contrast, saturation, hue, seed=None):
+  """Szegedy et al.'s photometric distortions as TF-slim's Inception preprocessing does them.
+
+  Args:
+    image: float [H, W, 3] in [0, 1].
+    brightness: largest brightness shift (a fraction of the range); 0 for none.
+    contrast, saturation: factors drawn from [1 - x, 1 + x]; 0 for none.
+    hue: largest hue shift (a fraction of the hue circle); 0 for none.
+    seed: optional op seed.
+
+  Returns:
+    float [H, W, 3], clipped to [0, 1].
+  """
+  ops = {
+      "brightness": lambda x: tf.image.random_brightness(x, brightness, seed=seed),
+      "saturation": lambda x: tf.image.random_saturation(x, 1 - saturation, 1 + saturation,
+                                                         seed=seed),
+      "hue": lambda x: tf.image.random_hue(x, hue, seed=seed),
+      "contrast": lambda x: tf.image.random_contrast(x, 1 - contrast, 1 + contrast, seed=seed),
+  }
+  ranges = {"brightness": brightness, "saturation": saturation, "hue": hue,
+            "contrast": contrast}
+
+  def ordered(order):
+    def apply():
+      out = image
+      for name in order:
+        if ranges[name]:
+          out = ops[name](out)
+      return out
+    return apply
+
+  which = tf.random.uniform([], maxval=len(COLOR_ORDERS), dtype=tf.int32, seed=seed)
+  image = tf.switch_case(which, [ordered(order) for order in COLOR_ORDERS])
+  return tf.clip_by_value(image, 0.0, 1.0)
+
 
 @gin.configurable("preprocess", module="imagenet_linear", denylist=["example", "training"])
-def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=0.25, contrast=0.4,
-               saturation=0.4, hue=0.1, seed=None):
+def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=32 / 255,
+               contrast=0.5, saturation=0.5, hue=0.2, seed=None):
   """{'image': uint8 [H, W, 3], 'label': int} -> trunk input and label.
 
   Args:
@@ -39,8 +104,8 @@ def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=0.25,
     training: random crop and color changes when True, center crop otherwise.
     crop_size: crop side (224).
     resize: the image's shorter side is resized to this first (256).
-    brightness, contrast, saturation, hue: color augmentation ranges (brightness as a fraction
-      of 255; contrast and saturation factors in [1 - x, 1 + x]; hue shift in [-x, x]).
+    brightness, contrast, saturation, hue: color distortion ranges (`distort_color`; TF-slim's
+      Inception values by default; 0 turns one off).
     seed: optional op seed.
 
   Returns:
@@ -49,12 +114,7 @@ def preprocess(example, training, crop_size=224, resize=RESIZE, brightness=0.25,
   image = sources.resize_shorter_side(example["image"], max(resize, crop_size))
   if training:
     image = tf.image.random_crop(image, [crop_size, crop_size, 3], seed=seed)
-    image = image / 255.0
-    image = tf.image.random_brightness(image, brightness, seed=seed)
-    image = tf.image.random_contrast(image, 1 - contrast, 1 + contrast, seed=seed)
-    image = tf.image.random_saturation(image, 1 - saturation, 1 + saturation, seed=seed)
-    image = tf.image.random_hue(image, hue, seed=seed)
-    image = tf.clip_by_value(image, 0.0, 1.0) * 255.0
+    image = distort_color(image / 255.0, brightness, contrast, saturation, hue, seed) * 255.0
   else:
     image = sources.center_crop(image, crop_size)
   image = tf.ensure_shape(image, [crop_size, crop_size, 3])
@@ -94,16 +154,22 @@ class ImagenetLinear(base.Evaluation):
 
   output_stride = 32
   fine_tunes_trunk = False
+  # The schedule (module docstring): 30 epochs of SGD with momentum 0.9 at 0.1, x0.1 after 10
+  # and 20 epochs; batch norm statistics re-estimated on the training images, weights frozen.
+  protocol = dict(train_epochs=30, learning_rate=0.1, momentum=0.9, decay_rate=0.1,
+                  decay_at=(1 / 3, 2 / 3), clip_gradient_norm=0.0,
+                  batch_norm_statistics="estimate")
 
   def __init__(self, trunk, dataset="imagenet2012", train_split="train",
-               eval_split="validation", num_classes=None, batch_size=64, crop_size=224,
+               eval_split="validation", num_classes=None, batch_size=256, crop_size=224,
                shuffle_buffer=1024, normalize_features=True):
     """Creates the linear layer.
 
     Args:
       trunk: the trunk (frozen here).
       dataset: TFDS name of a classification dataset ('image', 'label'), or "toy".
-      train_split, eval_split: TFDS splits.
+      train_split, eval_split: TFDS splits (ImageNet's full training set and its 50,000
+        validation images).
       num_classes: classes; None reads them from the dataset's info (8 for "toy": more than
         5, so that top-5 means something).
       batch_size: global batch size.
@@ -138,14 +204,34 @@ class ImagenetLinear(base.Evaluation):
   def preprocess_example(self, example, training):
     return preprocess(example, training, crop_size=self.crop_size)
 
+  def frozen_representation(self, images):
+    """Block 3 of the frozen trunk, or the lasso's combination of its frozen units.
+
+    Inference-mode batch norm whatever the mode. The gradient stops at the trunk's outputs,
+    before the lasso combination: no gradient reaches the trunk, while the evaluation lasso's
+    alpha row learns "the weight for each layer" of "the (frozen) features from all block 3
+    layers" (paper section 5).
+
+    Args:
+      images: trunk input [B, H, W, 3].
+
+    Returns:
+      float [B, h, w, 1024].
+    """
+    endpoints = self.trunk(images, training=False, output_stride=self.output_stride)
+    if self.lasso is None:
+      return tf.stop_gradient(endpoints["block3"])
+    units = [tf.stop_gradient(endpoints[n])
+             for n in trunk_lib.unit_endpoint_names(self.trunk.depth)]
+    return self.lasso.combine(self.name, units)
+
   def model_fn(self, features, mode):
     if self.classifier is None:
       if self.num_classes is None:
         raise ValueError("imagenet_linear needs num_classes: bind imagenet_linear.num_classes "
                          "or build the input first (it reads the dataset's info).")
       self.classifier = tf.keras.layers.Dense(self.num_classes, name="linear")
-    # Frozen: inference-mode batch norm whatever the mode; no gradient reaches the trunk.
-    block3 = tf.stop_gradient(self.representation(features["imagenet_linear/image"], False))
+    block3 = self.frozen_representation(features["imagenet_linear/image"])
     features_flat = self.flatten(self.pool(block3))
     if self.normalize is not None:
       features_flat = self.normalize(features_flat, training=mode == base.Mode.TRAIN)

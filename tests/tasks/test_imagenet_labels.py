@@ -83,6 +83,26 @@ def test_network_has_slim_resnet_v2_names_and_1001_logits():
   assert imagenet_labels._tfds_num_classes("imagenet2012") == 1000  # pylint: disable=protected-access
 
 
+def test_top1_and_top5_on_labels_ranked_first_to_ninth():
+  trunk = trunk_lib.Trunk(depth=26)
+  task = imagenet_labels.ImagenetLabels(trunk, dataset="toy", batch_size=11)
+  features = {"imagenet_labels/image": tf.random.stateless_uniform([11, 64, 64, 3], [0, 1],
+                                                                   -100, 100)}
+  task.model_fn(features, base.Mode.PREDICT)
+  # Zero weights: every example's 9 logits are the biases, which rank the classes
+  # 4, 0, 7, 2, 8, 1, 5, 3, 6 (best first).
+  variables = task.block4.slim_variables
+  weights = variables["resnet_v2_26/logits/weights"]
+  weights.assign(tf.zeros_like(weights))
+  variables["resnet_v2_26/logits/biases"].assign(
+      [0.8, 0.4, 0.6, 0.2, 0.9, 0.3, 0.1, 0.7, 0.5])
+  # Labels ranked 1st, 2nd, ..., 9th, then 5th and 6th: 1 of 11 in the top 1, 6 in the top 5.
+  features["imagenet_labels/label"] = tf.constant([4, 0, 7, 2, 8, 1, 5, 3, 6, 8, 1])
+  metrics = task.model_fn(features, base.Mode.EVAL).metrics
+  assert float(metrics["top1"]) == pytest.approx(1 / 11, abs=1e-7)
+  assert float(metrics["top5"]) == pytest.approx(6 / 11, abs=1e-7)
+
+
 def test_input_fn_on_mock_imagenet():
   trunk = trunk_lib.Trunk(depth=26)
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
