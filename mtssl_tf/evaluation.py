@@ -155,11 +155,14 @@ def settings_for(eval_name):
 
 
 def learning_rate_schedule(settings, train_steps):
-  """Piecewise-constant: learning_rate x decay_rate^k after the k-th boundary of decay_at."""
+  """Piecewise-constant: learning_rate x decay_rate^k after the k-th boundary of decay_at.
+
+  Returns a Keras schedule, or the learning rate itself (a float) when decay_at is empty.
+  """
   boundaries = [max(1, int(round(f * train_steps))) for f in settings.decay_at]
   values = [settings.learning_rate * settings.decay_rate**k for k in range(len(boundaries) + 1)]
   if not boundaries:
-    return lambda step: tf.constant(settings.learning_rate, tf.float32)
+    return float(settings.learning_rate)
   return tf.keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 

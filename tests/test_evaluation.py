@@ -70,7 +70,10 @@ def test_schedule_multiplies_at_each_fraction():
     assert float(schedule(step)) == pytest.approx(rate), step
   flat = evaluation.learning_rate_schedule(
       evaluation.EvalSettings(train_steps=5, learning_rate=0.2).resolve("x", {}), 5)
-  assert float(flat(4)) == pytest.approx(0.2)
+  assert flat == pytest.approx(0.2)
+  for schedule in (schedule, flat):  # both are what Keras optimizers take
+    optimizer = tf.keras.optimizers.SGD(learning_rate=schedule)
+    optimizer.build([tf.Variable(1.0)])
 
 
 def test_epochs_become_steps_over_the_training_split():
