@@ -108,19 +108,22 @@ class Evaluation(tf.Module):
       return self.batch_size
     return input_context.get_per_replica_batch_size(self.batch_size)
 
-  def representation(self, images, training):
+  def representation(self, images, training, frozen=False):
     """Block 3 at the evaluation's stride, or its lasso combination of block 3's units.
 
     Args:
       images: trunk input [B, H, W, 3].
       training: whether the trunk is being fine-tuned in this call (BN batch statistics).
+      frozen: stop the gradient at the trunk's outputs (each unit's, before the lasso
+        combination, so that an evaluation lasso still learns over a frozen trunk).
     """
-    endpoints = self.trunk(images, training=training, output_stride=self.output_stride)
-    if self.lasso is None:
-      return endpoints["block3"]
     from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top
+    endpoints = self.trunk(images, training=training, output_stride=self.output_stride)
+    hold = tf.stop_gradient if frozen else tf.identity
+    if self.lasso is None:
+      return hold(endpoints["block3"])
     names = trunk_lib.unit_endpoint_names(self.trunk.depth)
-    return self.lasso.combine(self.name, [endpoints[n] for n in names])
+    return self.lasso.combine(self.name, [hold(endpoints[n]) for n in names])
 
   def toy_data(self, training):
     """The built-in toy set (dataset "toy"): a dict of numpy arrays, one example per row."""

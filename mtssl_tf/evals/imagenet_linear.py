@@ -42,7 +42,6 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import input_convention
-from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import sources
 from mtssl_tf.data import toy
 from mtssl_tf.evals import base
@@ -204,34 +203,17 @@ class ImagenetLinear(base.Evaluation):
   def preprocess_example(self, example, training):
     return preprocess(example, training, crop_size=self.crop_size)
 
-  def frozen_representation(self, images):
-    """Block 3 of the frozen trunk, or the lasso's combination of its frozen units.
-
-    Inference-mode batch norm whatever the mode. The gradient stops at the trunk's outputs,
-    before the lasso combination: no gradient reaches the trunk, while the evaluation lasso's
-    alpha row learns "the weight for each layer" of "the (frozen) features from all block 3
-    layers" (paper section 5).
-
-    Args:
-      images: trunk input [B, H, W, 3].
-
-    Returns:
-      float [B, h, w, 1024].
-    """
-    endpoints = self.trunk(images, training=False, output_stride=self.output_stride)
-    if self.lasso is None:
-      return tf.stop_gradient(endpoints["block3"])
-    units = [tf.stop_gradient(endpoints[n])
-             for n in trunk_lib.unit_endpoint_names(self.trunk.depth)]
-    return self.lasso.combine(self.name, units)
-
   def model_fn(self, features, mode):
     if self.classifier is None:
       if self.num_classes is None:
         raise ValueError("imagenet_linear needs num_classes: bind imagenet_linear.num_classes "
                          "or build the input first (it reads the dataset's info).")
       self.classifier = tf.keras.layers.Dense(self.num_classes, name="linear")
-    block3 = self.frozen_representation(features["imagenet_linear/image"])
+    # Frozen: inference-mode batch norm whatever the mode; the gradient stops at the trunk's
+    # outputs, before the lasso combination: no gradient reaches the trunk, while the
+    # evaluation lasso's alpha row learns "the weight for each layer" of "the (frozen)
+    # features from all block 3 layers" (paper section 5).
+    block3 = self.representation(features["imagenet_linear/image"], False, frozen=True)
     features_flat = self.flatten(self.pool(block3))
     if self.normalize is not None:
       features_flat = self.normalize(features_flat, training=mode == base.Mode.TRAIN)
