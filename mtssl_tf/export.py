@@ -23,6 +23,7 @@ import json
 import os
 
 from absl import logging
+import gin
 import tensorflow as tf
 
 from mtssl_tf import input_convention
@@ -150,9 +151,21 @@ def export_from_checkpoint(checkpoint, export_dir, overwrite=False, **trunk_kwar
 
   Returns:
     (export_dir, the `CheckpointReport` of the load).
+
+  Raises:
+    ValueError: when gin binds `Trunk.depth` to another depth than the checkpoint's (the
+      export would silently be of the checkpoint's trunk, not the one configured).
   """
   prefix = trunk_lib.resolve_checkpoint(checkpoint)
   depth = trunk_lib.checkpoint_depth(prefix)
+  try:
+    bound = gin.query_parameter("Trunk.depth")
+  except ValueError:  # not bound
+    bound = depth
+  if bound != depth:
+    raise ValueError(f"Trunk.depth = {bound!r} (gin) but {prefix} holds a depth-{depth} trunk "
+                     f"(resnet_v2_{depth}); drop the binding, bind Trunk.depth = {depth}, or "
+                     f"export a depth-{bound} checkpoint.")
   trunk = trunk_lib.Trunk(depth=depth, **trunk_kwargs)
   report = trunk_lib.init_from_checkpoint(trunk, prefix)
   export_trunk(trunk, export_dir, source_checkpoint=prefix, overwrite=overwrite)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -106,7 +107,8 @@ def test_binary_exports_a_tf1_slim_style_checkpoint(tmp_path):
   export_dir = str(tmp_path / "export")
   env = dict(os.environ, PYTHONPATH=_REPO)
   cmd = [sys.executable, "-m", "mtssl_tf.bin.export", f"--checkpoint={prefix}",
-         f"--export_dir={export_dir}", "--gin_param=Trunk.output_stride = 8"]
+         f"--export_dir={export_dir}", "--gin_param=Trunk.output_stride = 8",
+         "--gin_param=Trunk.depth = 26"]  # the checkpoint's depth: accepted
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "loaded 104 trunk variables, skipped 1" in result.stdout
@@ -124,3 +126,28 @@ def test_binary_exports_a_tf1_slim_style_checkpoint(tmp_path):
   missing = subprocess.run(cmd[:3] + [f"--checkpoint={tmp_path}/nope", f"--export_dir={tmp_path}/x"],
                            env=env, capture_output=True, text=True, timeout=300)
   assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+  # A depth binding that contradicts the checkpoint: refused in one line, nothing written.
+  deeper = subprocess.run(cmd[:3] + [f"--checkpoint={prefix}", f"--export_dir={tmp_path}/d",
+                                     "--gin_param=Trunk.depth = 50"],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert deeper.returncode == 1 and "Traceback" not in deeper.stderr
+  assert deeper.stderr.splitlines()[-1:] == [
+      f"mtssl-export: Trunk.depth = 50 (gin) but {prefix} holds a depth-26 trunk (resnet_v2_26); "
+      "drop the binding, bind Trunk.depth = 26, or export a depth-50 checkpoint."]
+  assert not os.path.exists(f"{tmp_path}/d")
+
+
+def test_refuses_a_trunk_depth_binding_the_checkpoint_contradicts(tmp_path):
+  trunk = trunk_lib.Trunk(depth=26)
+  trunk.ensure_built()
+  prefix = save_tf1_checkpoint({v.name.split(":")[0]: v.numpy() for v in trunk.variables},
+                               str(tmp_path / "resnet_v2_26.ckpt"))
+  try:
+    with gin.unlock_config():
+      gin.bind_parameter("Trunk.depth", 50)
+    with pytest.raises(ValueError, match=r"^Trunk.depth = 50 \(gin\) but .* holds a depth-26 "):
+      export_lib.export_from_checkpoint(prefix, str(tmp_path / "export"))
+    assert not os.path.exists(tmp_path / "export")
+  finally:
+    gin.clear_config()

@@ -10,12 +10,14 @@ and on a random one and prints them side by side. It prints what it ran, each ta
 the start and at the end, and where everything was written. About 12 minutes on 2 CPU cores
 (detection evaluations take most of it)."""
 
+# First: it quiets TensorFlow's start-up, which has to happen before TensorFlow is imported.
+from mtssl_tf.bin import common  # pylint: disable=g-bad-import-order
+
 import os
 import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import gin
@@ -27,7 +29,6 @@ from mtssl_tf import export as export_lib
 from mtssl_tf import input_convention
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
-from mtssl_tf.bin import common
 from mtssl_tf.data import toy
 
 FLAGS = flags.FLAGS
@@ -126,7 +127,7 @@ def run_evaluations(checkpoint, output_dir):
 
 
 def run():
-  app.run(main)
+  common.run(main, "mtssl-demo")
 
 
 if __name__ == "__main__":

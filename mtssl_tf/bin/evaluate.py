@@ -17,13 +17,15 @@ compute, settings) and TensorBoard summaries under <output_dir>/tensorboard/. Se
 `<eval>.*` (data, batch, sizes) and `<eval>/EvalSettings.*` (steps, learning rate).
 """
 
+# First: it quiets TensorFlow's start-up, which has to happen before TensorFlow is imported.
+from mtssl_tf.bin import common  # pylint: disable=g-bad-import-order
+
 from absl import app
 from absl import flags
 from absl import logging
 
 from mtssl_tf import dry_run
 from mtssl_tf import evaluation
-from mtssl_tf.bin import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("eval", None, "imagenet_linear, nyu_depth or voc_detection.")
@@ -76,7 +78,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(main, "mtssl-evaluate")
 
 
 if __name__ == "__main__":

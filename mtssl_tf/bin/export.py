@@ -2,19 +2,18 @@
 
   mtssl-export --checkpoint=/data/resnet_v2_101.ckpt --export_dir=/exports/slim_rn101
 
-The trunk's depth is read from the checkpoint's variable names; output stride, weight decay and
-batch norm settings come from gin (`Trunk.output_stride`, ...). See `mtssl_tf/export.py` for
-what the SavedModel holds.
+The trunk's depth is read from the checkpoint's variable names (a `Trunk.depth` binding that
+says otherwise is refused); output stride, weight decay and batch norm settings come from gin
+(`Trunk.output_stride`, ...). See `mtssl_tf/export.py` for what the SavedModel holds.
 """
 
-import sys
+# First: it quiets TensorFlow's start-up, which has to happen before TensorFlow is imported.
+from mtssl_tf.bin import common  # pylint: disable=g-bad-import-order
 
-from absl import app
 from absl import flags
 from absl import logging
 
 from mtssl_tf import export as export_lib
-from mtssl_tf.bin import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or directory (latest checkpoint).")
@@ -27,18 +26,15 @@ flags.mark_flags_as_required(["checkpoint", "export_dir"])
 def main(argv):
   del argv
   common.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
-  try:
-    export_dir, report = export_lib.export_from_checkpoint(
-        FLAGS.checkpoint, FLAGS.export_dir, overwrite=FLAGS.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
-    sys.exit(f"mtssl-export: {e}")
+  export_dir, report = export_lib.export_from_checkpoint(
+      FLAGS.checkpoint, FLAGS.export_dir, overwrite=FLAGS.overwrite)
   print(report.summary())
   print(f"SavedModel written to {export_dir}")
   logging.info("Done.")
 
 
 def run():
-  app.run(main)
+  common.run(main, "mtssl-export")
 
 
 if __name__ == "__main__":

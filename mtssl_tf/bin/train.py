@@ -7,11 +7,17 @@
   mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --precision=mixed_bfloat16 \
     --jit_compile                                     # GPUs: bf16 compute, XLA-compiled steps
 
-Everything else is gin (MultiTaskTrainer.*, run_training.*, <task>/TaskSettings.*). Running it again with
-the same --model_dir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves a checkpoint at
-the current step and exits with status 0. A NaN or Inf loss or gradient exits with status 1, naming the task
-and the step, and leaves the last checkpoint as it was.
+Everything else is gin (MultiTaskTrainer.*, run_training.*, <task>/TaskSettings.*). Running it
+again with the same --model_dir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves a
+checkpoint at the current step and exits with status 0. A NaN or Inf loss or gradient exits with
+status 1, naming the task and the step, and leaves the last checkpoint as it was. A mistake in
+the configuration or the data ends with one line on stderr that names the gin binding or file
+and the fix, and status 1; `--verbose` (or MTSSL_VERBOSE=1) shows the traceback and
+TensorFlow's own messages.
 """
+
+# First: it quiets TensorFlow's start-up, which has to happen before TensorFlow is imported.
+from mtssl_tf.bin import common  # pylint: disable=g-bad-import-order
 
 from absl import app
 from absl import flags
@@ -20,7 +26,6 @@ import gin
 
 from mtssl_tf import dry_run
 from mtssl_tf import training
-from mtssl_tf.bin import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "The run's directory: checkpoints, summaries, config.")
@@ -75,11 +80,7 @@ def main(argv):
     overrides["num_steps"] = FLAGS.num_steps
   if FLAGS.strategy is not None:
     overrides["strategy_name"] = FLAGS.strategy
-  try:
-    trainer, summary = training.run_training(FLAGS.model_dir, **overrides)
-  except training.NonFiniteLoss as e:
-    logging.error("%s", e)
-    return 1
+  trainer, summary = training.run_training(FLAGS.model_dir, **overrides)
   del trainer
   logging.info("Finished at step %d %s; checkpoint %s%s.", summary["step"],
                summary["task_steps"], summary["checkpoint"],
@@ -88,7 +89,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(main, "mtssl-train")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ every worker computes the same split; shuffling happens after the split, per wor
 
 Bad images: TFRecord and folder sources decode images themselves. An image that cannot be read,
 parsed or decoded is skipped, never fatal (one broken JPEG among a million must not stop a
-pretraining run). `DecodeStats` counts what was skipped; see its docstring.
+pretraining run). `DecodeStats` counts what was skipped, each broken file once, and names it;
+see its docstring. A source in which not one image decodes is an error when it is opened.
 """
 
 import os
@@ -37,24 +38,34 @@ _TFRECORD_CYCLE_LENGTH = 16
 
 
 class DecodeStats:
-  """Counts the images a pipeline tried to decode and those it decoded; the rest were skipped.
+  """Counts the images a pipeline tried to decode and those it decoded, and names the failures.
 
-  Pass one to `image_dataset(..., stats=stats)`. The dataset increments two int64
-  `tf.Variable`s: `attempted` in a map before reading and decoding an image, `decoded` in a map
-  after it, with `Dataset.ignore_errors` between them that drops every element whose reading,
-  parsing or decoding failed. So `skipped() == attempted() - decoded()`. This needs no
-  `py_function` (so the pipeline stays in C++ and scales with parallel decoding: variable
-  updates are atomic) and works in TF 2.15; the tests pin it down.
+  Pass one to `image_dataset(..., stats=stats)`. The pipeline updates host-side counters with
+  no `py_function` (it stays in C++ and scales with parallel decoding): `attempted` counts every
+  read, `decoded` every image passed on, and `skipped` the distinct images (files, records)
+  whose reading, parsing or decoding failed, which `skipped_ids` names by `source_id`. A
+  repeated dataset reads a broken file again every epoch: it adds to `attempted` each time but
+  is skipped once.
+
+  How failures are known without catching errors per element: every read is recorded (its
+  `source_id`, tagged with the pipeline and a sequence number) before the decoding map, and
+  removed when its image comes out of it. Out of order never happens (the decoding map is
+  deterministic), so a record older than the last image out of its pipeline, or older than the
+  end of a pass, is a read that failed; younger ones are still in flight and not counted. A
+  failed image read again keeps its first failed read's record.
 
   The counters are cumulative over every dataset built with this object and every epoch; use
-  `reset` to start again. They count elements as the pipeline produces them, so while a
-  prefetch buffer is filling `attempted` may run ahead of what the consumer has seen; after a
-  dataset is exhausted they are exact. In a multi-worker job each worker counts its own part.
+  `reset` to start again. In a multi-worker job each worker counts its own part.
 
   Make it outside `strategy.scope()`: there `tf.Variable` makes a distributed variable with a
   copy on every replica's device, which a host-side input pipeline should not be updating (on
   CPU it happens to work, with GPUs or several workers it does not).
   """
+
+  # How many skipped source ids `log` names.
+  NAMES_LOGGED = 5
+  # A read's tag: pipeline index << _SEQUENCE_BITS | sequence number.
+  _SEQUENCE_BITS = 40
 
   def __init__(self, name="images"):
     """Creates zeroed counters.
@@ -71,50 +82,94 @@ class DecodeStats:
           "distributed variable on the replicas' devices, which a host-side tf.data pipeline "
           "must not update.")
     self.name = name
+    self._pipelines = 0
     # init_scope: the counters are eager host variables even if made while tracing a function.
     with tf.init_scope():
       self._attempted = tf.Variable(0, dtype=tf.int64, trainable=False, name="decode_attempted")
       self._decoded = tf.Variable(0, dtype=tf.int64, trainable=False, name="decode_decoded")
+      # source_id -> tag of its latest read, until its image comes out of the decoding map.
+      self._pending = tf.lookup.experimental.MutableHashTable(
+          key_dtype=tf.string, value_dtype=tf.int64, default_value=-1, name="decode_pending")
+      # pipeline index -> sequence number of its latest read that is known to be over.
+      self._resolved = tf.lookup.experimental.MutableHashTable(
+          key_dtype=tf.int64, value_dtype=tf.int64, default_value=-1, name="decode_resolved")
 
   def attempted(self):
-    """How many images the pipelines tried to read and decode."""
+    """How many times the pipelines tried to read and decode an image (every epoch counts)."""
     return int(self._attempted.read_value())
 
   def decoded(self):
-    """How many images were decoded and passed on."""
+    """How many images were decoded and passed on (every epoch counts)."""
     return int(self._decoded.read_value())
 
+  def skipped_ids(self):
+    """The sorted `source_id`s of the images that could not be read, parsed or decoded."""
+    # Resolved first: an image that comes out between the two reads is then not taken for a
+    # failure (its pending record is removed before its pipeline's resolved number moves).
+    pipelines, sequences = (t.numpy() for t in self._resolved.export())
+    resolved = dict(zip(pipelines.tolist(), sequences.tolist()))
+    ids, tags = (t.numpy() for t in self._pending.export())
+    mask = (1 << self._SEQUENCE_BITS) - 1
+    return sorted(
+        source_id.decode("utf-8", "replace") for source_id, tag in zip(ids, tags.tolist())
+        if tag & mask <= resolved.get(tag >> self._SEQUENCE_BITS, -1))
+
   def skipped(self):
-    """How many images were dropped because they could not be read, parsed or decoded."""
-    return self.attempted() - self.decoded()
+    """How many distinct images (files, records) could not be read, parsed or decoded."""
+    return len(self.skipped_ids())
 
   def reset(self):
-    """Sets both counters to zero."""
+    """Sets both counters to zero and forgets the skipped images."""
     self._attempted.assign(0)
     self._decoded.assign(0)
+    for table in (self._pending, self._resolved):
+      table.remove(table.export()[0])
 
   def log(self):
-    """Logs the counts: a warning if any image was skipped, else an info line.
+    """Logs the counts: a warning naming the first skipped images if any, else an info line.
 
     Returns:
       The number of skipped images.
     """
-    attempted, decoded = self.attempted(), self.decoded()
-    skipped = attempted - decoded
-    if skipped:
-      logging.warning("Skipped %d of %d %s that could not be read or decoded (%d decoded).",
-                      skipped, attempted, self.name, decoded)
+    names = self.skipped_ids()
+    if names:
+      shown = names[:self.NAMES_LOGGED] + (["..."] if len(names) > self.NAMES_LOGGED else [])
+      logging.warning("Skipped %d %s that could not be read or decoded (%d reads, %d "
+                      "decoded): %s", len(names), self.name, self.attempted(), self.decoded(),
+                      ", ".join(shown))
     else:
-      logging.info("Decoded all %d %s.", decoded, self.name)
-    return skipped
+      logging.info("Decoded all %d %s.", self.decoded(), self.name)
+    return len(names)
 
-  def _count_attempted(self, element):
-    self._attempted.assign_add(1)
-    return element
+  def _new_pipeline(self):
+    """A new pipeline's index and the base of its reads' tags."""
+    self._pipelines += 1
+    index = self._pipelines - 1
+    return index, index << self._SEQUENCE_BITS
 
-  def _count_decoded(self, element):
-    self._decoded.assign_add(1)
-    return element
+  def _record_read(self, tag_base, element, source_id):
+    """Before decoding: counts the read and records it as pending; returns its sequence.
+
+    An image still pending from an earlier pass failed then: it keeps that read's tag, so that
+    it stays counted while this read is in flight.
+    """
+    sequence = self._attempted.assign_add(1, read_value=True)
+    previous = self._pending.lookup(source_id)
+    tag = tf.where(previous >= 0, previous, tag_base + sequence)
+    with tf.control_dependencies([self._pending.insert(source_id, tag)]):
+      return element, tf.identity(sequence), source_id
+
+  def _record_outcome(self, index, loaded, sequence, source_id):
+    """After decoding (failed reads never get here): the read and those before it are over."""
+    with tf.control_dependencies([self._pending.remove(source_id[None]),
+                                  self._decoded.assign_add(1)]):
+      resolved = self._resolved.insert(tf.constant(index, tf.int64), sequence)
+    with tf.control_dependencies([resolved]):
+      return tf.nest.map_structure(tf.identity, loaded)
+
+  def _end_of_pass(self, index):
+    """After a pass's last read has left the decoding map: every read so far is over."""
+    return self._resolved.insert(tf.constant(index, tf.int64), self._attempted.read_value())
 
   def __repr__(self):
     return (f"DecodeStats(name={self.name!r}, attempted={self.attempted()}, "
@@ -224,26 +279,92 @@ def shard_files(files, input_context):
   return files, True
 
 
+def _element_id(element):
+  """A string naming one element of a source: its source_id, or a hash of a bare record."""
+  if isinstance(element, dict) and "source_id" in element:
+    return element["source_id"]
+  return tf.strings.join(
+      ["record hash ", tf.strings.as_string(tf.strings.to_hash_bucket_fast(element, 2**62))])
+
+
+def _placeholder(spec):
+  """An element of structure `spec`, unknown dimensions 0: stands in for an end marker."""
+  def fill(s):
+    shape = [0 if d is None else d for d in s.shape.as_list()]
+    return tf.fill(shape, "") if s.dtype == tf.string else tf.zeros(shape, s.dtype)
+  return tf.nest.map_structure(fill, spec)
+
+
 def decode_guarded(dataset, load_fn, stats):
   """Maps `load_fn` over `dataset`, dropping (and counting) elements on which it fails.
 
   Args:
-    dataset: a dataset of single tensors or dicts (not tuples), what `load_fn` takes.
+    dataset: a dataset of single tensors or dicts (not tuples), what `load_fn` takes; a dict
+      with a "source_id" names its element in `DecodeStats.skipped_ids`.
     load_fn: function element -> {"image", "source_id"}; may fail at run time.
     stats: a `DecodeStats` or None.
 
   Returns:
     The dataset of successfully loaded elements.
   """
-  if stats is not None:
-    dataset = dataset.map(stats._count_attempted)  # pylint: disable=protected-access
-  dataset = dataset.map(load_fn, num_parallel_calls=tf.data.AUTOTUNE)
-  # Errors raised by load_fn (unreadable file, bad record, undecodable bytes) drop the element;
-  # log_warning names the reason in the log, DecodeStats counts it.
-  dataset = dataset.ignore_errors(log_warning=True)
-  if stats is not None:
-    dataset = dataset.map(stats._count_decoded)  # pylint: disable=protected-access
-  return dataset
+  if stats is None:
+    # Errors raised by load_fn (unreadable file, bad record, undecodable bytes) drop the
+    # element; log_warning names the reason in the log.
+    return dataset.map(load_fn, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(
+        log_warning=True)
+  # pylint: disable=protected-access
+  index, tag_base = stats._new_pipeline()
+  loaded_spec = dataset.map(load_fn).element_spec
+
+  def record_read(element):
+    return stats._record_read(tag_base, element, _element_id(element))
+
+  def load(element, sequence, source_id):
+    return load_fn(element), sequence, source_id
+
+  def record_outcome(loaded, sequence, source_id):
+    return stats._record_outcome(index, loaded, sequence, source_id)
+
+  def end_of_pass(unused):
+    with tf.control_dependencies([stats._end_of_pass(index)]):
+      return _placeholder(loaded_spec)
+
+  def nothing(*unused):
+    return tf.constant(False)
+
+  # Deterministic whatever the dataset options say: DecodeStats relies on the order.
+  dataset = dataset.map(record_read).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                         deterministic=True)
+  # Errors raised by load_fn (unreadable file, bad record, undecodable bytes) drop the element.
+  dataset = dataset.ignore_errors().map(record_outcome)
+  # Pulled only once the pass is over: marks every read of the pass resolved, yields nothing.
+  end = tf.data.Dataset.from_tensors(0).map(end_of_pass).filter(nothing)
+  return dataset.concatenate(end)
+
+
+def require_one_decodable(dataset, load_fn, what, binding):
+  """Raises when not one element of `dataset` loads: a source of broken files only.
+
+  Reads elements in order until one loads (usually the first, so this costs one read);
+  otherwise a training pipeline would repeat an empty dataset and stop at once with
+  TensorFlow's "End of sequence".
+
+  Args:
+    dataset: unbatched source elements, dicts with "source_id", before `load_fn`.
+    load_fn: as for `decode_guarded`.
+    what: what the elements are, e.g. "image files under '/data/images'".
+    binding: the gin binding that chose the source, named in the error.
+
+  Raises:
+    ValueError: naming the count of unreadable elements and the first few.
+  """
+  with tf.init_scope():
+    for _ in dataset.map(load_fn).ignore_errors().take(1):
+      return
+    ids = [e["source_id"].numpy().decode("utf-8", "replace") for e in dataset]
+  shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+  raise ValueError(f"None of the {len(ids)} {what} can be read and decoded ({shown}); check "
+                   f"{binding} or replace the files.")
 
 
 def _to_rgb_uint8(image):
@@ -299,14 +420,9 @@ def _tfds_dataset(name, split, data_dir, manual_dir, image_key, input_context, s
 
 def _tfrecord_dataset(pattern, image_key, input_context, shuffle_files, seed, stats):
   """The TFRecord source; see `image_dataset`."""
-  files = sorted(tf.io.gfile.glob(pattern))
-  if not files:
+  all_files = sorted(tf.io.gfile.glob(pattern))
+  if not all_files:
     raise ValueError(f"No TFRecord files match {pattern!r}.")
-  files, shard_records = shard_files(files, input_context)
-  dataset = tf.data.Dataset.from_tensor_slices(files)
-  if shuffle_files and not shard_records:
-    # After sharding: shard membership must not depend on a worker's shuffle.
-    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
   def read_file(path):
     records = tf.data.TFRecordDataset(path).enumerate()
@@ -315,17 +431,26 @@ def _tfrecord_dataset(pattern, image_key, input_context, shuffle_files, seed, st
         "record": record,
     })
 
-  dataset = dataset.interleave(
-      read_file, cycle_length=min(len(files), _TFRECORD_CYCLE_LENGTH),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if shard_records:
-    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  def read_files(paths, count):
+    return paths.interleave(read_file, cycle_length=min(count, _TFRECORD_CYCLE_LENGTH),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def load(element):
     parsed = tf.io.parse_single_example(
         element["record"], {image_key: tf.io.FixedLenFeature([], tf.string)})
     return {"image": decode_image(parsed[image_key]), "source_id": element["source_id"]}
 
+  require_one_decodable(
+      read_files(tf.data.Dataset.from_tensor_slices(all_files), len(all_files)), load,
+      f"records of the files matching {pattern!r}", "image_dataset.pattern and .image_key")
+  files, shard_records = shard_files(all_files, input_context)
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if shuffle_files and not shard_records:
+    # After sharding: shard membership must not depend on a worker's shuffle.
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  dataset = read_files(dataset, len(files))
+  if shard_records:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   return decode_guarded(dataset, load, stats)
 
 
@@ -353,20 +478,26 @@ def list_image_files(folder):
 
 def _folder_dataset(folder, input_context, shuffle_files, seed, stats):
   """The folder source; see `image_dataset`."""
-  files = list_image_files(folder)
-  if not files:
+  all_files = list_image_files(folder)
+  if not all_files:
     raise ValueError(f"No {'/'.join(IMAGE_EXTENSIONS)} files under {folder!r}.")
-  files, shard_records = shard_files(files, input_context)
-  dataset = tf.data.Dataset.from_tensor_slices(files)
+
+  def load(element):
+    path = element["source_id"]
+    return {"image": decode_image(tf.io.read_file(path)), "source_id": path}
+
+  def paths(files):
+    return tf.data.Dataset.from_tensor_slices({"source_id": files})
+
+  require_one_decodable(paths(all_files), load, f"image files under {folder!r}",
+                        "image_dataset.pattern")
+  files, shard_records = shard_files(all_files, input_context)
+  dataset = paths(files)
   if shard_records:
     # Here a record is a file: the same split, made on the dataset.
     dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   if shuffle_files:
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-
-  def load(path):
-    return {"image": decode_image(tf.io.read_file(path)), "source_id": path}
-
   return decode_guarded(dataset, load, stats)
 
 

@@ -14,6 +14,8 @@ import enum
 
 import tensorflow as tf
 
+from mtssl_tf import validate
+
 
 class Mode(str, enum.Enum):
   """What `model_fn` is asked to do (tf.estimator.ModeKeys, without tf.estimator)."""
@@ -94,6 +96,9 @@ class Task(tf.Module):
   Attributes:
     name: the registered name; also the prefix of the task's feature keys and gin scope.
     output_stride: the trunk output stride the task calls the shared trunk at.
+    batch_size: the global batch size, a positive integer (checked when set, naming
+      `<name>.batch_size`). Every subclass's constructor checks its arguments against the
+      types of their defaults (`validate.checked_init`).
     trunk: the shared `Trunk`.
     source_fn: None (the gin-configured `sources.image_dataset`) or a function
       (input_context) -> unbatched dataset of {'image': uint8 [H, W, 3]}.
@@ -105,7 +110,17 @@ class Task(tf.Module):
 
   name = None
   output_stride = 32
-  batch_size = None
+  _batch_size = None
+
+  def __init_subclass__(cls, **kwargs):
+    """Every task constructor checks its arguments' types against its defaults.
+
+    A wrong type (`relative_position.batch_size = 'sixteen'`) then fails at construction,
+    naming the gin binding, instead of inside tf.data or Keras.
+    """
+    super().__init_subclass__(**kwargs)
+    if "__init__" in cls.__dict__:
+      cls.__init__ = validate.checked_init(cls, lambda c: c.name or c.__name__)
 
   def __init__(self, trunk, source_fn=None):
     super().__init__(name=self.name)
@@ -113,6 +128,16 @@ class Task(tf.Module):
     self.source_fn = source_fn
     self.decode_stats = None
     self.lasso = None
+
+  @property
+  def batch_size(self):
+    """The task's global batch size (`<task>.batch_size`), a positive integer."""
+    return self._batch_size
+
+  @batch_size.setter
+  def batch_size(self, value):
+    validate.check_positive_int(f"{self.name}.batch_size", value)
+    self._batch_size = value
 
   def key(self, suffix):
     """A feature key owned by this task: '<task name>/<suffix>'."""
@@ -141,6 +166,11 @@ class Task(tf.Module):
     """This replica's share of the task's global `batch_size`."""
     if input_context is None:
       return self.batch_size
+    if self.batch_size % input_context.num_replicas_in_sync:
+      raise validate.SettingError(
+          f"{self.name}.batch_size = {self.batch_size} does not divide among "
+          f"{input_context.num_replicas_in_sync} replicas; bind a multiple of "
+          f"{input_context.num_replicas_in_sync}.")
     return input_context.get_per_replica_batch_size(self.batch_size)
 
   def pipeline(self, input_context, preprocess_fn, shuffle_buffer=SHUFFLE_BUFFER):

@@ -2,6 +2,8 @@
 
 import logging
 import os
+import re
+import time
 
 import gin
 import numpy as np
@@ -130,14 +132,98 @@ def test_folder_skips_and_counts_corrupt_images(image_folder, caplog):
     if path.endswith(".png") or path.endswith(".PNG"):
       np.testing.assert_array_equal(image, good[path])  # PNG is lossless.
   assert (stats.attempted(), stats.decoded(), stats.skipped()) == (5, 3, 2)
+  bad = [str(root / "sub" / "random.jpg"), str(root / "truncated.JPG")]
+  assert stats.skipped_ids() == bad
   with caplog.at_level(logging.WARNING):
     assert stats.log() == 2
-  assert "Skipped 2 of 5" in caplog.text
-  # Counters accumulate over epochs until reset.
+  assert f"Skipped 2 images that could not be read or decoded (5 reads, 3 decoded): " \
+         f"{bad[0]}, {bad[1]}" in caplog.text
+  # Reads accumulate over epochs until reset; a broken file is skipped once.
   _collect(sources.image_dataset(source="folder", pattern=str(root), stats=stats))
-  assert (stats.attempted(), stats.skipped()) == (10, 4)
+  assert (stats.attempted(), stats.decoded(), stats.skipped()) == (10, 6, 2)
   stats.reset()
-  assert (stats.attempted(), stats.decoded()) == (0, 0)
+  assert (stats.attempted(), stats.decoded(), stats.skipped()) == (0, 0, 0)
+
+
+def _write_folder(root, good, bad):
+  """`good` decodable and `bad` broken .jpg files in `root`; returns the broken ones' paths."""
+  for i in range(good):
+    (root / f"good{i}.jpg").write_bytes(_jpeg_bytes(_image(8, 8, i)))
+  full = _jpeg_bytes(_image(32, 32, 9))
+  broken = [root / f"bad{i}.jpg" for i in range(bad)]
+  for i, path in enumerate(broken):
+    # Alternately truncated JPEGs and bytes that are no image at all.
+    path.write_bytes(full[:len(full) // 2] if i % 2 else b"\xff\xd8 not a jpeg %d" % i)
+  return sorted(str(p) for p in broken)
+
+
+def test_a_repeated_source_counts_each_broken_file_once(tmp_path):
+  """As in training: the source repeats, each broken file fails every epoch, counts once."""
+  bad = _write_folder(tmp_path, good=5, bad=3)
+  stats = sources.DecodeStats()
+  dataset = sources.image_dataset(source="folder", pattern=str(tmp_path), stats=stats)
+  assert len(list(dataset.repeat(4))) == 4 * 5
+  assert (stats.attempted(), stats.decoded()) == (4 * 8, 4 * 5)
+  assert stats.skipped() == 3 and stats.skipped_ids() == bad
+
+
+def _broken_between_two_good(root, bad, passes):
+  """a.jpg, `bad` broken files, c.jpg, read in that order `passes` times.
+
+  Returns:
+    (the broken files' paths, the stats, an iterator in which only the decoding map runs
+    ahead of the consumer: no prefetch at the end).
+  """
+  broken = _write_folder(root, good=0, bad=bad)
+  (root / "a.jpg").write_bytes(_jpeg_bytes(_image(8, 8, 1)))
+  (root / "c.jpg").write_bytes(_jpeg_bytes(_image(8, 8, 2)))
+  stats = sources.DecodeStats()
+  dataset = sources.image_dataset(source="folder", pattern=str(root), stats=stats,
+                                  shuffle_files=False).repeat(passes)
+  options = tf.data.Options()
+  options.experimental_optimization.inject_prefetch = False
+  return broken, stats, iter(dataset.with_options(options))
+
+
+def _next_name(iterator):
+  return os.path.basename(next(iterator)["source_id"].numpy().decode())
+
+
+def _wait_for_reads(stats, count):
+  deadline = time.time() + 30
+  while stats.attempted() < count and time.time() < deadline:
+    time.sleep(0.05)
+  time.sleep(0.2)
+
+
+def test_broken_files_read_again_stay_counted_while_in_flight(tmp_path):
+  """Mid-pass, as when training stops: a broken file read again is still counted, once."""
+  bad, stats, iterator = _broken_between_two_good(tmp_path, bad=3, passes=2)
+  assert [_next_name(iterator) for _ in range(3)] == ["a.jpg", "c.jpg", "a.jpg"]
+  _wait_for_reads(stats, 7)  # into the second pass's broken files
+  assert stats.attempted() >= 7 and stats.decoded() == 3
+  assert stats.skipped_ids() == bad
+
+
+def test_reads_still_in_flight_are_not_counted_as_skipped(tmp_path):
+  """Only reads older than an image that came out, or than the end of a pass, are failures."""
+  bad, stats, iterator = _broken_between_two_good(tmp_path, bad=6, passes=1)
+  assert _next_name(iterator) == "a.jpg"
+  _wait_for_reads(stats, 2)  # the parallel map reads ahead into the broken files
+  assert stats.attempted() >= 2 and stats.decoded() == 1
+  assert stats.skipped() == 0  # bad0, ... failed, but nothing after them has come out yet
+  assert _next_name(iterator) == "c.jpg"
+  assert stats.skipped_ids() == bad
+  assert not list(iterator)
+  assert (stats.attempted(), stats.decoded(), stats.skipped()) == (8, 2, 6)
+
+
+def test_a_folder_of_broken_images_is_one_clear_error(tmp_path):
+  bad = _write_folder(tmp_path, good=0, bad=4)
+  with pytest.raises(ValueError, match=(
+      rf"^None of the 4 image files under '{tmp_path}' can be read and decoded "
+      rf"\({bad[0]}, {bad[1]}, {bad[2]}, \.\.\.\); check image_dataset.pattern")):
+    sources.image_dataset(source="folder", pattern=str(tmp_path))
 
 
 @pytest.mark.parametrize("num_pipelines", [2, 8])  # 8 > 5 files: falls back to record sharding.
@@ -236,6 +322,14 @@ def test_tfrecord_skips_and_counts_corrupt_records(tfrecord_shards, tmp_path):
   assert images[f"{bad_path}:0"].shape == (3, 8, 3)
   assert set(images) - {f"{bad_path}:0"} == set(expected)
   assert (stats.attempted(), stats.decoded(), stats.skipped()) == (16, 13, 3)
+  assert stats.skipped_ids() == [f"{bad_path}:{i}" for i in (1, 2, 3)]
+
+
+def test_tfrecords_without_a_decodable_image_are_one_clear_error(tfrecord_shards):
+  pattern, expected = tfrecord_shards
+  with pytest.raises(ValueError, match=rf"^None of the {len(expected)} records of the files "
+                     rf"matching '{re.escape(pattern)}' can be read and decoded .*image_key"):
+    sources.image_dataset(source="tfrecord", pattern=pattern, image_key="jpeg")
 
 
 # --- tfds --------------------------------------------------------------------------------------
