@@ -1,5 +1,6 @@
-"""Tests of the VOC detection evaluation: toy scenes, box-head loading, metrics, end to end."""
+"""Tests of the VOC detection evaluation: protocol defaults, input, metrics, end to end."""
 
+import inspect
 import json
 import os
 
@@ -9,48 +10,27 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.evals import base
 from mtssl_tf.evals import detection_metrics
+from mtssl_tf.evals import faster_rcnn
 from mtssl_tf.evals import voc_detection
 from tests.conftest import save_tf1_checkpoint
 
 # Small detector settings for CPU tests (gin bindings in the evaluation's scope).
 _SMALL = {
-    "batch_size": 2, "output_size": (128, 128), "shuffle_buffer": 4, "rpn_num_filters": 32,
-    "num_sampled_rois": 8, "train_pre_nms_top_k": 200, "train_num_proposals": 32,
-    "test_pre_nms_top_k": 200, "test_num_proposals": 16,
+    "batch_size": 2, "min_size": 128, "max_size": 128, "padded_size": (128, 128),
+    "shuffle_buffer": 4, "rpn_num_filters": 32, "num_sampled_rois": 8,
+    "train_num_proposals": 32, "test_num_proposals": 16,
 }
 
 
-def test_toy_scenes_have_boxes_inside_the_image_and_classes_in_range():
-  scenes = voc_detection.toy_detection_scenes(num_scenes=12, size=(64, 80), seed=3)
-  assert scenes["image"].shape == (12, 64, 80, 3) and scenes["image"].dtype == np.uint8
-  counts = scenes["num_objects"]
-  assert counts.min() >= 1 and counts.max() <= 3
-  for n, count in enumerate(counts):
-    boxes, labels = scenes["bbox"][n, :count], scenes["label"][n, :count]
-    assert np.all((boxes >= 0) & (boxes <= 1))
-    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
-    assert np.all((labels >= 0) & (labels < voc_detection.TOY_NUM_CLASSES))
-    assert np.all(scenes["label"][n, count:] == -1)
-    # The box is the drawn shape's extent: the object's hue fills the box's central pixel.
-    for box in boxes:
-      cy = int((box[0] + box[2]) / 2 * 64)
-      cx = int((box[1] + box[3]) / 2 * 80)
-      assert np.ptp(scenes["image"][n, cy, cx].astype(int)) > 40  # saturated, not grey
-  again = voc_detection.toy_detection_scenes(num_scenes=12, size=(64, 80), seed=3)
-  for key in scenes:
-    np.testing.assert_array_equal(scenes[key], again[key])
-  other = voc_detection.toy_detection_scenes(num_scenes=12, size=(64, 80), seed=4)
-  assert not np.array_equal(scenes["image"], other["image"])
-
-
-def _image_info(original, scale, offset=(0.0, 0.0), output_size=(512, 512)):
-  """The Parser's image_info: original size, output size, (y, x) scale, (y, x) crop offset."""
+def _image_info(original, scale, offset=(0.0, 0.0)):
+  """The parser's image_info: original size, resized size, (y, x) scale, (y, x) offset."""
   original = np.asarray(original, np.float32)
-  return np.stack([original, np.asarray(output_size, np.float32),
-                   np.round(original * scale) / original, np.asarray(offset, np.float32)])
+  resized = np.round(original * scale)
+  return np.stack([original, resized, resized / original, np.asarray(offset, np.float32)])
 
 
 def test_accumulator_maps_boxes_back_to_the_original_image():
@@ -95,6 +75,47 @@ def test_accumulator_maps_boxes_back_to_the_original_image():
   assert accumulator.result()["per_class"]["tvmonitor"]["ap50_voc07"] == 0.0
 
 
+# The TF object detection API's faster_rcnn_resnet101_voc07.config (and the multi-scale
+# augmentation the paper adds), as constructor defaults.
+_API_DEFAULTS = {
+    "dataset": "voc/2007", "train_split": "train+validation", "eval_split": "test",
+    "num_classes": None, "batch_size": 8,
+    "min_size": 600, "max_size": 1024, "padded_size": (1024, 1024), "aug_rand_hflip": True,
+    "aug_scale": (0.8, 1.25),
+    "anchor_base_size": 256, "anchor_scales": (0.25, 0.5, 1.0, 2.0),
+    "aspect_ratios": (0.5, 1.0, 2.0), "rpn_batch_size_per_im": 256, "rpn_fg_fraction": 0.5,
+    "rpn_match_threshold": 0.7, "rpn_unmatched_threshold": 0.3, "rpn_nms_threshold": 0.7,
+    "train_num_proposals": 300, "test_num_proposals": 300, "num_sampled_rois": 64,
+    "foreground_fraction": 0.25, "crop_size": 14, "detection_score_threshold": 0.0,
+    "detection_nms_threshold": 0.6, "max_detections_per_class": 100, "max_detections": 300,
+}
+
+
+def test_defaults_are_the_api_voc07_config():
+  signature = inspect.signature(voc_detection.VocDetection.__init__)
+  defaults = {name: signature.parameters[name].default for name in _API_DEFAULTS}
+  assert defaults == _API_DEFAULTS
+  # The API trains batch 1 at 1e-4 for 800K steps, x0.1 at 500K and 700K; at batch 8 the
+  # same images take 100K steps at 8e-4 (linear scaling), decayed at the same images.
+  protocol = voc_detection.VocDetection.protocol
+  batch = _API_DEFAULTS["batch_size"]
+  assert protocol["learning_rate"] == pytest.approx(1e-4 * batch)
+  assert protocol["train_steps"] * batch == 800000
+  np.testing.assert_allclose(np.array(protocol["decay_at"]) * 800000, [500000, 700000])
+  assert protocol["decay_rate"] == 0.1 and protocol["momentum"] == 0.9
+  assert protocol["clip_gradient_norm"] == 10.0
+  # The built detector uses them.
+  evaluation = voc_detection.VocDetection(trunk_lib.Trunk(depth=26))
+  assert evaluation.num_classes == 20 and evaluation.class_names[0] == "aeroplane"
+  rois = evaluation.detector.roi_generator.get_config()
+  assert rois["nms_iou_threshold"] == rois["test_nms_iou_threshold"] == 0.7
+  assert rois["num_proposals"] == rois["test_num_proposals"] == 300
+  assert evaluation.detector.roi_aligner.get_config()["crop_size"] == 14
+  assert evaluation.box_head.pool_crops
+  assert evaluation.parser.padded_size == (1024, 1024)
+  assert evaluation.anchor_boxes(tf.zeros([1, 1024, 1024, 3]))["4"].shape == (1, 64, 64, 48)
+
+
 def _example_with_a_difficult_object():
   """A grey 96x128 image with a cat (difficult) and a dog, TFDS voc/2007-shaped."""
   return {"image": np.full([96, 128, 3], 200, np.uint8),
@@ -115,70 +136,34 @@ def test_preprocess_keeps_difficult_objects_for_the_test_only():
   np.testing.assert_array_equal(features["voc_detection/difficult"], [True, False, False, False])
   # 96x128 fits 128x128 at scale 1; the trunk input is the grey minus the ImageNet mean.
   np.testing.assert_allclose(features["voc_detection/image_info"].numpy(),
-                             [[96, 128], [128, 128], [1, 1], [0, 0]])
+                             [[96, 128], [96, 128], [1, 1], [0, 0]])
   image = features["voc_detection/image"].numpy()
   assert image.shape == (128, 128, 3)
-  np.testing.assert_allclose(image[:96], 200 - np.array(voc_detection.input_convention.MEAN_RGB)
-                             * np.ones([96, 128, 1]), atol=0.01)
-  assert np.abs(image[96:]).max() < 0.6  # padding: (almost) the mean, i.e. zero
+  np.testing.assert_allclose(image[:96], 200 - np.array(input_convention.MEAN_RGB)
+                             * np.ones([96, 128, 1]), atol=1e-4)
+  assert not image[96:].any()  # padding: the mean
   ds = tf.data.Dataset.from_tensors(example).map(
       lambda ex: voc_detection.preprocess(ex, True, evaluation.parser))
   train = next(iter(ds))
   # Training: the difficult cat is dropped, the dog is class 12 (1-based, 0 is background).
   np.testing.assert_array_equal(train["voc_detection/gt_classes"], [12, -1, -1, -1])
-  assert train["voc_detection/rpn_score_targets"].shape == (8, 8, 15)
-  assert train["voc_detection/rpn_box_targets"].shape == (8, 8, 60)
+  assert train["voc_detection/rpn_score_targets"].shape == (8, 8, 12)
+  assert train["voc_detection/rpn_box_targets"].shape == (8, 8, 48)
   assert (train["voc_detection/rpn_score_targets"].numpy() == 1).any()
 
 
-def _built_head(depth=26):
-  head = voc_detection.SlimBlock4BoxHead(5, depth=depth)
-  head(tf.zeros([1, 2, 14, 14, trunk_lib.NUM_OUTPUT_CHANNELS]), training=False)
-  return head
-
-
-def test_box_head_has_slim_names_and_loads_from_a_slim_checkpoint(tmp_path):
-  head = _built_head()
-  names = sorted(head.slim_variables)
-  assert "resnet_v2_26/block4/unit_2/bottleneck_v2/conv3/weights" in names
-  assert "resnet_v2_26/block4/unit_1/bottleneck_v2/shortcut/weights" in names
-  assert "resnet_v2_26/postnorm/moving_variance" in names
-  assert not any("unit_3" in n for n in names)  # depth 26: block 4 has 2 units
-  rng = np.random.RandomState(0)
-  values = {n: rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
-            for n, v in head.slim_variables.items()}
-  values["resnet_v2_26/block1/unit_1/bottleneck_v2/conv1/weights"] = np.zeros([1, 1, 64, 64])
-  prefix = save_tf1_checkpoint(values, str(tmp_path / "resnet_v2_26.ckpt"))
-  assert voc_detection.load_box_head_checkpoint(head, prefix) == names
-  for name, var in head.slim_variables.items():
-    np.testing.assert_array_equal(var.numpy(), values[name])
-
-  missing = dict(values)
-  del missing["resnet_v2_26/postnorm/gamma"]
-  with pytest.raises(ValueError, match=r"Missing 1 variables: resnet_v2_26/postnorm/gamma"):
-    voc_detection.load_box_head_checkpoint(
-        _built_head(), save_tf1_checkpoint(missing, str(tmp_path / "missing.ckpt")))
-  wrong = dict(values)
-  wrong["resnet_v2_26/postnorm/beta"] = np.zeros([3], np.float32)
-  with pytest.raises(ValueError, match=r"Mis-shaped 1 variables: resnet_v2_26/postnorm/beta"):
-    voc_detection.load_box_head_checkpoint(
-        _built_head(), save_tf1_checkpoint(wrong, str(tmp_path / "wrong.ckpt")))
-  with pytest.raises(ValueError, match="call it once"):
-    voc_detection.load_box_head_checkpoint(voc_detection.SlimBlock4BoxHead(5, depth=26),
-                                           prefix)
-
-
 def test_evaluation_loads_block4_when_its_variables_are_made(tmp_path):
-  values = {n: np.full(v.shape, 0.25, np.float32)
-            for n, v in _built_head().slim_variables.items()}
+  head = faster_rcnn.SlimBlock4BoxHead(21, depth=26)
+  head(tf.zeros([1, 2, 14, 14, trunk_lib.NUM_OUTPUT_CHANNELS]), training=False)
+  values = {n: np.full(v.shape, 0.25, np.float32) for n, v in head.slim_variables.items()}
   prefix = save_tf1_checkpoint(values, str(tmp_path / "block4.ckpt"))
   evaluation = voc_detection.VocDetection(
       trunk_lib.Trunk(depth=26), dataset="toy", block4_checkpoint=prefix,
-      **dict(_SMALL, output_size=(64, 64)))
+      **dict(_SMALL, min_size=64, max_size=64, padded_size=(64, 64)))
   spec = evaluation.input_fn(None, "test").element_spec
   dummy = tf.nest.map_structure(lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
   predictions = evaluation.model_fn(dummy, base.Mode.PREDICT).predictions
-  assert predictions["voc_detection/detection_boxes"].shape == (1, 100, 4)
+  assert predictions["voc_detection/detection_boxes"].shape == (1, 300, 4)
   for var in evaluation.box_head.slim_variables.values():
     np.testing.assert_array_equal(var.numpy(), 0.25)
   assert evaluation.metrics_accumulator().result()["box_head_init"] == f"checkpoint {prefix}"
@@ -188,9 +173,9 @@ def test_evaluation_loads_block4_when_its_variables_are_made(tmp_path):
   assert not any("block3" in n for n in head_names)
 
 
-def test_output_size_must_be_a_multiple_of_16():
-  with pytest.raises(ValueError, match="multiples of 16"):
-    voc_detection.VocDetection(trunk_lib.Trunk(depth=26), output_size=(100, 128))
+def test_padded_size_must_be_a_multiple_of_16():
+  with pytest.raises(ValueError, match="voc_detection.padded_size must be multiples of 16"):
+    voc_detection.VocDetection(trunk_lib.Trunk(depth=26), padded_size=(1000, 1024))
 
 
 def test_evaluation_end_to_end_on_mock_voc(tmp_path):
@@ -198,8 +183,8 @@ def test_evaluation_end_to_end_on_mock_voc(tmp_path):
   from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   bindings = [f"voc_detection.{k} = {v!r}" for k, v in _SMALL.items()]
-  common.parse_gin([], ["Trunk.depth = 26", "voc_detection/EvalSettings.train_steps = 2"] +
-                   bindings)
+  common.parse_gin([], ["Trunk.depth = 26", "voc_detection/EvalSettings.train_steps = 2",
+                        "voc_detection/EvalSettings.batch_norm_batches = 2"] + bindings)
   try:
     with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
       results = evaluation.evaluate("voc_detection", str(tmp_path), init="random")
