@@ -67,6 +67,7 @@ from absl import flags
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mtssl_tf import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import input_convention  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.data import motion_labels  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -436,50 +437,6 @@ def _run_worker(output):
                "workers": workers}, f)
 
 
-def eval_train_step(evaluation):
-  """A tf.function: the evaluation loop's training step on one batch of features.
-
-  As `replica_step` in `mtssl_tf/evaluation.py` (a closure inside `evaluate`, so it cannot be
-  imported; its `EvalSettings` are reused): the loss of `model_fn(features, TRAIN)`, plus the
-  trunk's weight decay when the evaluation fine-tunes the trunk (and the lasso's penalty with a
-  lasso); gradients over the head's variables, the trunk's when it is fine-tuned and the lasso
-  row; SGD with momentum on the evaluation's `EvalSettings` schedule. The evaluation's variables
-  must exist first (call `model_fn` once), as in `evaluate`.
-  """
-  from mtssl_tf import distribute  # pylint: disable=g-import-not-at-top
-  from mtssl_tf import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
-  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
-  name, trunk, lasso = evaluation.name, evaluation.trunk, evaluation.lasso
-  settings = evaluation_lib._settings(name)  # pylint: disable=protected-access
-  variables = list(evaluation.head_variables)
-  if evaluation.fine_tunes_trunk:
-    variables += list(trunk.trainable_variables)
-  if lasso is not None:
-    variables.append(lasso.row(name))
-  schedule = tf.keras.optimizers.schedules.ExponentialDecay(
-      settings.learning_rate, settings.decay_steps, settings.decay_rate, staircase=True)
-  optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=settings.momentum)
-  optimizer.build(variables)
-
-  @tf.function
-  def step(features):
-    with tf.GradientTape() as tape:
-      loss = evaluation.model_fn(features, evals_base.Mode.TRAIN).loss
-      if evaluation.fine_tunes_trunk:
-        loss += trunk.regularization_loss()
-      if lasso is not None:
-        loss += lasso.penalty(name)
-      scaled = distribute.scale_loss(loss)
-    grads = tape.gradient(scaled, variables)
-    grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-    optimizer.apply_gradients(zip(grads, variables))
-    if lasso is not None:
-      lasso.project(name)
-    return loss
-
-  return step
-
-
 # Per evaluation: (height, width) of its network input and its batch in the 'evals' benchmark.
 _EVAL_SIZES = {"imagenet_linear": ((224, 224), 8), "nyu_depth": ((240, 320), 4),
                "voc_detection": ((512, 512), 2)}
@@ -494,17 +451,21 @@ def _eval_features(name, trunk, height, width, batch):
   """
   from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
   if name == "voc_detection":
-    from mtssl_tf.evals import voc_detection  # pylint: disable=g-import-not-at-top
-    evaluation = voc_detection.VocDetection(trunk, dataset="toy", batch_size=batch,
-                                            output_size=(height, width), shuffle_buffer=batch)
+    # pylint: disable=g-import-not-at-top
+    from mtssl_tf.data import toy_detection
+    from mtssl_tf.evals import voc_detection
+    evaluation = voc_detection.VocDetection(
+        trunk, dataset="toy", batch_size=batch, min_size=min(height, width),
+        max_size=max(height, width), padded_size=(height, width), shuffle_buffer=batch)
     # A few scenes are enough; the default 256 + 64 at 512x512 take ~25 s to draw.
-    evaluation.toy_data = lambda training: voc_detection.toy_detection_scenes(
+    evaluation.toy_data = lambda training: toy_detection.make_scenes(
         num_scenes=2 * batch, size=(height, width), num_classes=evaluation.num_classes,
         seed=0 if training else 1)
     train = next(iter(evaluation.input_fn(None, split="train")))
     test = next(iter(evaluation.input_fn(None, split=evaluation.eval_split)))
     return evaluation, train, test, "toy scenes through its parser"
-  evaluation = evals_base.get(name)(trunk)
+  # On the toy set (nothing to download); the batches timed are random images.
+  evaluation = evals_base.get(name)(trunk, dataset="toy", batch_size=batch)
   images = input_convention.to_trunk_input(
       tf.random.uniform([batch, height, width, 3], 0, 255, seed=0))
   features = {f"{name}/image": images}
@@ -527,25 +488,22 @@ def benchmark_evals():
 
 def _benchmark_eval(name):
   """One evaluation's PREDICT pass and training step beside the bare trunk's; emits a record."""
-  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
   (height, width), batch = _EVAL_SIZES[name]
   trunk = trunk_lib.Trunk(depth=FLAGS.task_depth)
   evaluation, train_features, features, source = _eval_features(name, trunk, height, width,
                                                                  batch)
   images, train_images = features[f"{name}/image"], train_features[f"{name}/image"]
   stride = evaluation.output_stride
-  # The variables exist before the optimizer is built, as in mtssl_tf/evaluation.py.
-  evaluation.model_fn(tf.nest.map_structure(lambda t: t[:1], features), evals_base.Mode.PREDICT)
-  predict = tf.function(lambda f: evaluation.model_fn(f, evals_base.Mode.PREDICT).predictions)
+  # The evaluation loop's own step (SGD on its protocol's schedule, weight decay, lasso).
+  evaluator = evaluation_lib.Evaluator(name, init="random", trunk=trunk, evaluation=evaluation)
   forward = tf.function(lambda x: trunk(x, training=False, output_stride=stride)["block3"])
-  eval_step = eval_train_step(evaluation)
   trunk_step = make_train_step(
       lambda x: trunk(x, training=True, output_stride=stride)["block3"],
       trunk.trainable_variables)
   measured = {
-      "predict": lambda: tf.nest.map_structure(lambda t: t.numpy(), predict(features)),
+      "predict": lambda: tf.nest.map_structure(lambda t: t.numpy(), evaluator.predict(features)),
       "forward": lambda: forward(images).numpy(),
-      "eval_train": lambda: eval_step(train_features).numpy(),
+      "eval_train": lambda: evaluator.train_step(train_features)[0].numpy(),
       "trunk_train": lambda: trunk_step(train_images).numpy(),
   }
   rounds = {k: [] for k in measured}

@@ -142,10 +142,10 @@ def test_trains_through_the_loop_and_its_checkpoint_feeds_trunk_and_box_head(tmp
   np.testing.assert_array_equal(trunk.variables[0].numpy(), trainer.trunk.variables[0].numpy())
 
   # Detection's box head loads block 4 and post-norm from the same checkpoint.
-  from mtssl_tf.evals import voc_detection  # pylint: disable=g-import-not-at-top
-  head = voc_detection.SlimBlock4BoxHead(4, depth=26)
+  from mtssl_tf.evals import faster_rcnn  # pylint: disable=g-import-not-at-top
+  head = faster_rcnn.SlimBlock4BoxHead(4, depth=26)
   head(tf.zeros([1, 2, 14, 14, trunk_lib.NUM_OUTPUT_CHANNELS]), training=False)
-  loaded = voc_detection.load_box_head_checkpoint(head, str(tmp_path / "run"))
+  loaded = faster_rcnn.load_box_head_checkpoint(head, str(tmp_path / "run"))
   assert len(loaded) == len(head.slim_variables) > 20
   ours = task.block4.slim_variables
   for name in loaded:
