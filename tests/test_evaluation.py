@@ -187,10 +187,12 @@ def test_the_seed_fixes_data_order_and_augmentation():
 @pytest.mark.parametrize("name, bindings", [
     # imagenet_linear: tests/evals/test_imagenet_linear.py (20 steps, no trunk gradient).
     ("nyu_depth", ["Trunk.depth = 26", "nyu_depth.dataset = 'toy'", "nyu_depth.batch_size = 2",
+                   "nyu_depth.input_size = (64, 96)", "nyu_depth.crop_size = (64, 96)",
                    "nyu_depth/DepthDecoder.filters = (8, 8, 8)"]),
     ("voc_detection", ["Trunk.depth = 26", "voc_detection.dataset = 'toy'",
                        "voc_detection.batch_size = 2", "voc_detection.rpn_num_filters = 16",
-                       "voc_detection.num_sampled_rois = 8"]),
+                       "voc_detection.num_sampled_rois = 8", "voc_detection.min_size = 128",
+                       "voc_detection.max_size = 128", "voc_detection.padded_size = (128, 128)"]),
 ])
 def test_eval_lasso_learns(name, bindings):
   _parse(*bindings, "Lasso.init = 'uniform'", "Lasso.l1_weight = 0.0",
