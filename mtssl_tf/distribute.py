@@ -12,11 +12,15 @@
   the service's workers and the trainers only read finished batches (WORKSPACE.md says how to
   start the dispatcher and workers).
 * Only the chief writes checkpoints and summaries to the model directory; the other workers
-  write theirs (a collective save needs every worker) to a temporary directory that is deleted.
+  write theirs (a collective save needs every worker) to a temporary directory,
+  `.worker_tmp_<index>/` in the model directory, that is deleted when the run ends. One that a
+  crashed run left is deleted when the next one starts (`remove_stale_worker_dirs`): by its
+  worker, or by the chief when no worker of the new cluster has that index.
 """
 
 import json
 import os
+import re
 import shutil
 
 from absl import logging
@@ -102,12 +106,58 @@ def worker_info(strategy):
   return is_chief, index, max(num_workers, 1)
 
 
+_WORKER_DIR = re.compile(r"\.worker_tmp_(0|[1-9]\d*)")
+
+
+def _worker_dir_indices(strategy):
+  """The indices of the non-chief workers of the strategy's cluster (they write elsewhere)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+  workers = range(len(cluster.get("worker", [])))
+  # Without a "chief" task, worker 0 is the chief.
+  return set(workers) if "chief" in cluster else set(workers) - {0}
+
+
 def write_dir(model_dir, strategy):
   """Where this worker writes: model_dir for the chief, a temporary directory for the others."""
   is_chief, index, _ = worker_info(strategy)
   if is_chief:
     return model_dir
   return os.path.join(model_dir, f".worker_tmp_{index}")
+
+
+def remove_stale_worker_dirs(model_dir, strategy):
+  """Deletes the workers' temporary directories an earlier run left; returns their paths.
+
+  A worker deletes its own (nothing in it is ever restored: every worker restores the chief's
+  checkpoint); the chief deletes those no worker of this cluster uses, e.g. all of them in a
+  one-worker run. The directories of the cluster's other workers are theirs to delete.
+
+  Args:
+    model_dir: the run's directory.
+    strategy: this process's `tf.distribute.Strategy`.
+
+  Returns:
+    The deleted directories.
+  """
+  if not tf.io.gfile.isdir(model_dir):
+    return []
+  is_chief, index, _ = worker_info(strategy)
+  live = _worker_dir_indices(strategy)
+  removed = []
+  for entry in sorted(tf.io.gfile.listdir(model_dir)):
+    match = _WORKER_DIR.fullmatch(entry.rstrip("/"))
+    path = os.path.join(model_dir, entry.rstrip("/"))
+    if not match or not tf.io.gfile.isdir(path):
+      continue
+    number = int(match.group(1))
+    if (is_chief and number not in live) or (not is_chief and number == index):
+      tf.io.gfile.rmtree(path)
+      removed.append(path)
+  if removed:
+    logging.info("Removed the workers' temporary directories an earlier run left in %s: %s.",
+                 model_dir, ", ".join(os.path.basename(p) for p in removed))
+  return removed
 
 
 def remove_worker_dir(model_dir, strategy):

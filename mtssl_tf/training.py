@@ -1,8 +1,8 @@
 """The multi-task training loop (paper section 4): one shared trunk, one head per task, one task
 per step, per-task gradient accumulation and a separate RMSProp per task.
 
-Read it top to bottom in `MultiTaskTrainer.train`: pick the task (schedule), run its step (accumulate or
-apply), write summaries, checkpoint, repeat.
+Read it top to bottom in `MultiTaskTrainer.train`: pick the task (schedule), run its step
+(accumulate or apply), write summaries, checkpoint, repeat.
 
 Schedule. Each task has a weight (gin: `<task>/task_settings.weight`). At every step the task
 that runs is the one with the smallest (steps_done + 1) / weight, ties to the first in the
@@ -30,10 +30,24 @@ total crosses the next multiple of `checkpoint_every_compute` (the paper's "ever
 hours"), and also every `checkpoint_every_secs` of wall time. Checkpoints hold the step, the
 per-task counters (the schedule's position), the compute used, every optimizer's slots, every
 accumulator and the lasso. TensorFlow writes a checkpoint's files before the `checkpoint` index
-names it, so a run killed while saving restarts from the previous complete one. Restarting with
-the same model directory resumes; SIGTERM (and Ctrl-C) saves a checkpoint at the current step and
-stops. A NaN or Inf in a loss or a gradient stops the run naming the task and the step,
-without saving.
+names it, so a run killed while saving restarts from the previous complete one; what such a
+save left (TensorFlow's `ckpt-<step>_temp/` directory and `.tempstate` files, other workers'
+directories, see `distribute.py`) is removed when the next run starts, and logged. Restarting
+with the same model directory resumes; SIGTERM (and Ctrl-C) saves a checkpoint at the current
+step and stops.
+
+Divergence. No checkpoint ever holds a NaN or an Inf. Every step checks, inside its
+tf.function, the task's loss, its gradients and, after the update (or the accumulation), every
+value the step wrote: the trunk's and head's variables (batch norm statistics included), the
+lasso, the task's optimizer slots, or its accumulators. A diverging rate overflows RMSProp's mean
+square (the squared gradient) steps before the loss or the weights overflow, so the slots must
+be checked too. The written values are screened by the sum of their squares (one kernel per
+variable), which is also infinite for finite values beyond ~1e16; when it is, the host checks
+every value exactly. The first step that leaves a NaN or an Inf stops the run, and the error
+names the task, the step and the last checkpoint, written before that step, and clean; the
+trainer then refuses to save. The values in memory are not rolled back (a restart resumes from
+that checkpoint). As a last guard, each checkpoint is checked whole before it is written, and
+the one a run resumes from after it is read.
 
 Precision and XLA (`mtssl_tf/precision.py`). `precision` ("float32", "mixed_bfloat16",
 "mixed_float16") is the Keras policy in force while the model is built (every layer keeps the
@@ -42,9 +56,12 @@ half precision, variables, slots, accumulators and checkpoints stay float32 (a c
 under any precision). Under "mixed_float16" each task's RMSProp is wrapped in its own
 `LossScaleOptimizer`: an update whose gradients overflowed is skipped (no variable, slot or
 accumulator keeps it) and that task's scale halves; overflowed gradients are then expected and
-counted (`<task>/skipped_updates`), not errors; a non-finite loss still is. The loss scale is
-not checkpointed (the inner optimizer is, so checkpoints are the same in every precision): a
-resumed float16 run starts from the initial scale again. `jit_compile` compiles each task's
+counted (`<task>/skipped_updates`), not errors; a non-finite loss still is. An overflowed
+gradient at an accumulating step is not added to the accumulators (they stay finite): a flag
+makes the task's next apply skip the update it belongs to. The loss scale and that flag are not
+checkpointed (the inner optimizer is, so checkpoints are the same in every precision): a resumed
+float16 run starts from the initial scale again, and an update whose accumulation overflowed
+before the save applies without the overflowed gradients. `jit_compile` compiles each task's
 forward and backward pass (per replica) with XLA; batch shapes are static per task (batches
 drop their remainder), so each compiles once.
 """
@@ -54,6 +71,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import signal
 import time
 
@@ -70,8 +88,48 @@ from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
 
 
+# CheckpointManager's checkpoint name: checkpoints are <dir>/ckpt-<step>.
+CHECKPOINT_NAME = "ckpt"
+# What an interrupted save of ckpt-<step> leaves next to the checkpoints: TensorFlow's temporary
+# directory (`MultiDeviceSaver.save`: "<prefix>_temp", "<prefix>_temp_<hex>" in older versions),
+# the files its tensor bundle writer had not yet renamed ("<file>.tempstate<random>"), the
+# `checkpoint` index file written through `file_io.atomic_write_string_to_file`
+# ("checkpoint.tmp<uuid hex>"), and our own operative config's ("operative_config.gin.tmp-<pid>").
+_INCOMPLETE_SAVE_DIR = re.compile(rf"{CHECKPOINT_NAME}-\d+_temp(_[0-9a-f]+)?")
+_INCOMPLETE_SAVE_FILE = re.compile(
+    rf"{CHECKPOINT_NAME}-\d+\.(index|data-\d{{5}}-of-\d{{5}})\.tempstate\d+"
+    r"|checkpoint\.tmp[0-9a-f]{32}|operative_config\.gin\.tmp-\d+")
+
+
 class NonFiniteLoss(RuntimeError):
-  """A task's loss became NaN or Inf."""
+  """A task's loss, gradients or updated values became NaN or Inf (nothing is saved)."""
+
+
+def remove_incomplete_saves(directory):
+  """Deletes what interrupted saves left in `directory` (not below it); returns the paths.
+
+  Only the names in `_INCOMPLETE_SAVE_DIR` (directories) and `_INCOMPLETE_SAVE_FILE` (files):
+  complete checkpoints and anything else stay.
+  """
+  if not tf.io.gfile.isdir(directory):
+    return []
+  removed = []
+  for entry in sorted(tf.io.gfile.listdir(directory)):
+    entry = entry.rstrip("/")
+    path = os.path.join(directory, entry)
+    is_dir = tf.io.gfile.isdir(path)
+    pattern = _INCOMPLETE_SAVE_DIR if is_dir else _INCOMPLETE_SAVE_FILE
+    if not pattern.fullmatch(entry):
+      continue
+    if is_dir:
+      tf.io.gfile.rmtree(path)
+    else:
+      tf.io.gfile.remove(path)
+    removed.append(path)
+  if removed:
+    logging.info("Removed what interrupted saves left in %s: %s.", directory,
+                 ", ".join(os.path.basename(p) for p in removed))
+  return removed
 
 
 @gin.configurable
@@ -237,6 +295,7 @@ class MultiTaskTrainer:
     Raises:
       ValueError: no tasks, an unknown or repeated task, every weight zero, bad settings.
       KeyError: an unknown task name.
+      NonFiniteLoss: the checkpoint to resume from holds a NaN or an Inf.
     """
     if tasks is gin.REQUIRED or not tasks:
       raise ValueError("No tasks to train: bind MultiTaskTrainer.tasks, e.g. "
@@ -260,6 +319,9 @@ class MultiTaskTrainer:
     self.log_every_secs = log_every_secs
     self.precision = precision
     self.jit_compile = jit_compile
+    if self.is_chief:
+      remove_incomplete_saves(model_dir)
+    distribute.remove_stale_worker_dirs(model_dir, self.strategy)
     tf.io.gfile.makedirs(self.write_dir)
     with precision_lib.policy_scope(precision):
       self._build(classes, use_lasso, input_fns)
@@ -290,6 +352,7 @@ class MultiTaskTrainer:
           task.lasso = self.lasso
       self._build_variables()
       self.optimizers, self.accumulators, self.var_lists = {}, {}, {}
+      self._overflowed = {}
       for name in self.names:
         self._build_task_state(name)
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -306,11 +369,25 @@ class MultiTaskTrainer:
         global_step=self.global_step, task_steps=self.task_steps,
         compute_used=self.compute_used, lasso=self.lasso or tf.Module())
     self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_dir,
-                                              max_to_keep=self._max_checkpoints_to_keep)
+                                              max_to_keep=self._max_checkpoints_to_keep,
+                                              checkpoint_name=CHECKPOINT_NAME)
+    self._diverged = False
+    self._warned_huge = set()
+    # The checkpoint's floating-point values: the trunk's and heads' variables (batch norm
+    # statistics too), the lasso, the slots and the accumulators.
+    self._checked = _unique_floats(
+        v for n in self.names for v in self.tasks[n].variables +
+        tuple(_inner(self.optimizers[n]).variables) + tuple(self.accumulators[n]))
     # Every worker restores the chief's latest checkpoint (the others write theirs elsewhere).
     self.restored_from = tf.train.latest_checkpoint(model_dir)
     if self.restored_from:
       self.checkpoint.restore(self.restored_from).assert_existing_objects_matched()
+      bad = self._nonfinite_variables()
+      if bad:
+        raise NonFiniteLoss(
+            f"{self.restored_from} holds NaN or Inf (in {_some(bad)}): a diverged run saved it. "
+            f"Name an earlier checkpoint in {os.path.join(model_dir, 'checkpoint')} "
+            "(model_checkpoint_path) to resume from it, or start a new model directory.")
       logging.info("Resumed from %s at step %d.", self.restored_from, int(self.global_step.numpy()))
     self._iterators = {name: iter(ds) for name, ds in self.datasets.items()}
     self._steps = {}
@@ -359,6 +436,13 @@ class MultiTaskTrainer:
           for i, v in enumerate(variables)]
     else:
       self.accumulators[name] = []
+    # float16: whether a gradient of the update being accumulated overflowed (per replica; not
+    # checkpointed, see the module docstring).
+    if settings.accumulation_steps > 1 and self._loss_scaled(name):
+      self._overflowed[name] = tf.Variable(
+          0.0, trainable=False, name=f"overflowed_{name}",
+          synchronization=tf.VariableSynchronization.ON_READ,
+          aggregation=tf.VariableAggregation.SUM)
 
   def _step_fn(self, name, apply):
     """The tf.function running one step of task `name`, accumulating or applying (`apply`).
@@ -395,34 +479,53 @@ class MultiTaskTrainer:
     if self.jit_compile:
       loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
 
+    overflowed = self._overflowed.get(name)
+    # What the step writes: batch norm statistics always; the trainable variables and the
+    # slots when it applies (the accumulators are then zeroed), else the accumulators.
+    written = _unique_floats(
+        task.variables + tuple(_inner(optimizer).variables) if apply else
+        task.non_trainable_variables + tuple(accumulators))
+
     def replica_step(features, apply):
       loss, metrics, grads = loss_and_gradients(features)
       spec = base.Spec(loss=loss, metrics=metrics)
       # A NaN can hide from the loss (ReLU maps NaN to 0 on CPU) but not from the gradients.
-      nonfinite = 1.0 - tf.cast(
-          tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]), tf.float32)
+      grads_finite = _all_finite(grads)
       if apply:
         if accumulators:
           k = float(settings.accumulation_steps)
           grads = [(a.read_value() + g) / k for a, g in zip(accumulators, grads)]
+        if overflowed is not None:
+          # An overflow while accumulating: infinite gradients make the loss-scale optimizer
+          # skip this update (on every replica: it sums the gradients first).
+          poison = tf.where(overflowed.read_value() > 0, np.inf, 0.0)
+          grads = [g + poison for g in grads]
         optimizer.apply_gradients(zip(grads, variables))
         for a in accumulators:
           a.assign(tf.zeros_like(a))
+        if overflowed is not None:
+          overflowed.assign(0.0)
         if self.lasso is not None:
           self.lasso.project(name)
       else:
+        if overflowed is not None:
+          grads = [tf.where(grads_finite, g, tf.zeros_like(g)) for g in grads]
+          overflowed.assign_add(1.0 - tf.cast(grads_finite, tf.float32))
         for a, g in zip(accumulators, grads):
           a.assign_add(g)
-      return spec.loss, nonfinite, spec.metrics
+      # Read after the writes above (a tf.function orders a resource's reads and writes).
+      written_finite = _squares_finite(written)
+      flags = tf.cast(tf.logical_not([grads_finite, written_finite]), tf.float32)
+      return spec.loss, flags, spec.metrics
 
     @tf.function
     def step(iterator):
       features = next(iterator)
-      loss, nonfinite, metrics = strategy.run(replica_step, args=(features, apply))
+      loss, flags, metrics = strategy.run(replica_step, args=(features, apply))
       mean = lambda x: strategy.reduce(tf.distribute.ReduceOp.MEAN, x, axis=None)
-      # Replicas whose gradients hold a NaN or Inf (0: none).
-      nonfinite = strategy.reduce(tf.distribute.ReduceOp.SUM, nonfinite, axis=None)
-      return mean(loss), nonfinite, {k: mean(v) for k, v in metrics.items()}
+      # Replicas whose gradients, and whose written values, hold a NaN or Inf (0: none).
+      flags = strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None)
+      return mean(loss), flags, {k: mean(v) for k, v in metrics.items()}
 
     self._steps[(name, apply)] = step
     return step
@@ -454,7 +557,20 @@ class MultiTaskTrainer:
     self.compute_used.assign(compute)
 
   def save(self):
-    path = self.manager.save(checkpoint_number=int(self.global_step.numpy()))
+    """Writes a checkpoint at the global step, if every value it holds is finite.
+
+    Raises:
+      NonFiniteLoss: a step diverged, or a value is NaN or Inf (nothing is written).
+    """
+    step = int(self.global_step.numpy())
+    bad = self._nonfinite_variables()
+    if self._diverged or bad:
+      self._diverged = True
+      raise NonFiniteLoss(
+          f"Refusing to save step {step}: " +
+          (f"{_some(bad)} hold NaN or Inf. " if bad else "a step diverged. ") +
+          self._last_clean_checkpoint_text())
+    path = self.manager.save(checkpoint_number=step)
     logging.info("Saved %s (step %d, compute %.4g device-s).", path, int(self.global_step.numpy()),
                  float(self.compute_used.numpy()))
     return path
@@ -474,7 +590,8 @@ class MultiTaskTrainer:
       its first and last 20 steps in this run}}.
 
     Raises:
-      NonFiniteLoss: a task's loss became NaN or Inf (no checkpoint is written).
+      NonFiniteLoss: a task's loss, gradients or update held a NaN or an Inf (nothing is
+        saved; the trainer refuses to save from then on).
     """
     if num_steps is None and max_compute is None:
       raise ValueError("Give num_steps or max_compute (gin: run_training.num_steps or "
@@ -502,20 +619,26 @@ class MultiTaskTrainer:
         name = self.names[index]
         counts[index] += 1
         apply = counts[index] % self.settings[name].accumulation_steps == 0
-        loss, nonfinite, metrics = self._step_fn(name, apply)(self._iterators[name])
+        loss, flags, metrics = self._step_fn(name, apply)(self._iterators[name])
         loss_value = float(loss)
-        if float(nonfinite) > 0 and self._loss_scaled(name) and np.isfinite(loss_value):
+        bad_grads, bad_values = (int(f) for f in flags.numpy())
+        if bad_grads and self._loss_scaled(name) and np.isfinite(loss_value):
           # float16 overflow: the loss-scale optimizer skips (or, accumulating, will skip)
           # the update and lowers the scale. Expected now and then; counted, not fatal.
           self.skipped_updates[name] += 1
-          nonfinite = 0.0
-        if not np.isfinite(loss_value) or float(nonfinite) > 0:
-          raise NonFiniteLoss(
-              f"Task {name!r} has a non-finite loss ({loss_value}) or gradient (on "
-              f"{int(float(nonfinite))} replicas) at global step {step + 1} "
-              f"(its step {counts[index]}). Stopping without saving: the last checkpoint "
-              f"({self.manager.latest_checkpoint}) is untouched. Lower "
-              f"{name}/TaskSettings.learning_rate, or check its input.")
+          bad_grads = 0
+        # The step's screen failed: which values are NaN or Inf, exactly (none: huge values).
+        nonfinite = self._nonfinite_variables() if bad_values else []
+        if bad_values and not nonfinite and name not in self._warned_huge:
+          self._warned_huge.add(name)
+          logging.warning(
+              "Task %r at global step %d: its weights, slots or accumulators hold finite values "
+              "so large (~1e16 or more) that their squares overflow; it is probably diverging "
+              "(lower %s/TaskSettings.learning_rate).", name, step + 1, name)
+        if not np.isfinite(loss_value) or bad_grads or nonfinite:
+          self._diverged = True
+          raise NonFiniteLoss(self._divergence_message(
+              name, step + 1, counts[index], loss_value, bad_grads, nonfinite))
         step += 1
         compute += self.settings[name].cost_per_step
         last_loss[name] = loss_value
@@ -566,11 +689,39 @@ class MultiTaskTrainer:
             "last_mean_loss": {n: float(np.mean(v)) for n, v in latest.items() if v},
             "stopped_by_signal": stopped, "checkpoint": checkpoint}
 
+  def _nonfinite_variables(self):
+    """Names of the checkpointed variables holding a NaN or an Inf (as a checkpoint reads them).
+
+    Eager: once per checkpoint, a pass over the values costs less than tracing a function.
+    """
+    return [v.name for v in self._checked if not np.isfinite(v.numpy()).all()]
+
+  def _last_clean_checkpoint_text(self):
+    """Which checkpoint a restart resumes from (the chief's latest; each is checked)."""
+    latest = tf.train.latest_checkpoint(self.model_dir)
+    if latest is None:
+      return "There is no checkpoint: a restart starts from the beginning."
+    return f"The last checkpoint, {latest}, holds only finite values; a restart resumes from it."
+
+  def _divergence_message(self, name, step, task_step, loss, bad_grads, nonfinite):
+    """The one-line error of a step that left a NaN or an Inf (in the variables `nonfinite`)."""
+    found = []
+    if not np.isfinite(loss):
+      found.append(f"its loss is {loss}")
+    if bad_grads:
+      found.append(f"its gradients hold NaN or Inf (on {bad_grads} of "
+                   f"{self.strategy.num_replicas_in_sync} replicas)")
+    if nonfinite:
+      found.append(f"its step left NaN or Inf in {_some(nonfinite)}")
+    return (f"Task {name!r} diverged at global step {step} (its step {task_step}): "
+            f"{'; '.join(found)}. Stopped without saving. {self._last_clean_checkpoint_text()} "
+            f"Lower {name}/TaskSettings.learning_rate, or check its input.")
+
   def _loss_scaled(self, name):
     return isinstance(self.optimizers[name], tf.keras.mixed_precision.LossScaleOptimizer)
 
   def _checkpoint_path(self, step):
-    return os.path.join(self.write_dir, f"ckpt-{step}")
+    return os.path.join(self.write_dir, f"{CHECKPOINT_NAME}-{step}")
 
   def _write_task_summaries(self, name, losses, metrics, step):
     """Task `name`'s scalars at global step `step`: mean loss over `losses`, metrics, rate."""
@@ -621,6 +772,36 @@ class MultiTaskTrainer:
     logging.info("step %d/%s (%s), %.2f steps/s, ETA %s, compute %.4g device-s; mean loss "
                  "since last line: %s", step, num_steps, per_task, rate, eta_text,
                  compute, losses)
+
+
+def _unique_floats(variables):
+  """The floating-point variables among `variables`, each once, in order."""
+  seen, unique = set(), []
+  for v in variables:
+    if v.dtype.is_floating and v.ref() not in seen:
+      seen.add(v.ref())
+      unique.append(v)
+  return unique
+
+
+def _all_finite(tensors):
+  """A scalar bool: no NaN or Inf in any of `tensors`."""
+  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+def _squares_finite(tensors):
+  """A scalar bool: the sum of the tensors' squares is finite (one kernel per tensor).
+
+  False whenever one of `tensors` holds a NaN or an Inf, and also for finite values so large
+  (~1e16 and more) that their squares overflow: a screen, at about half `_all_finite`'s cost.
+  """
+  return tf.math.is_finite(tf.add_n([tf.nn.l2_loss(t) for t in tensors]))
+
+
+def _some(names, shown=3):
+  """'a, b, c and 4 more': the first names of a list, for one-line messages."""
+  more = f" and {len(names) - shown} more" if len(names) > shown else ""
+  return ", ".join(names[:shown]) + more
 
 
 def _inner(optimizer):

@@ -1,15 +1,22 @@
 """Checkpoint compatibility: slim's full resnet_v2_101 loads into the trunk, and so do ours."""
 
+import logging
 import os
+import types
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtssl_tf import distribute
 from mtssl_tf import input_convention
+from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.slim_compat import resnet_v2
 from mtssl_tf.slim_compat import slim
+from mtssl_tf.bin import common
+from tests import test_training
 from tests.conftest import randomize_batch_norm
 from tests.conftest import save_tf1_checkpoint
 
@@ -152,3 +159,86 @@ def test_nonexistent_paths_are_named(tmp_path):
   os.makedirs(empty_dir)
   with pytest.raises(FileNotFoundError, match="No checkpoint in directory"):
     trunk_lib.init_from_checkpoint(trunk_lib.Trunk(depth=26), str(empty_dir))
+
+
+# What interrupted saves leave in a model directory, and look-alikes that are not theirs.
+_LEFTOVERS = {  # name: a file in it, for directories
+    "ckpt-240_temp": "part-00000-of-00001.data-00000-of-00001",  # TensorFlow's temporary dir
+    "ckpt-7_temp_0123456789abcdef0123456789abcdef": "part-00000-of-00001.index",  # older TFs'
+    "ckpt-240.index.tempstate8837461279": None,  # the tensor bundle writer's unrenamed files
+    "ckpt-240.data-00000-of-00001.tempstate12": None,
+    "checkpoint.tmp0123456789abcdef0123456789abcdef": None,  # the index file's atomic write
+    "operative_config.gin.tmp-4242": None,
+    ".worker_tmp_1": "ckpt-3.index",  # a two-worker run's; this run has one worker
+}
+_LOOK_ALIKES = {
+    "ckpt-2.index": None, "ckpt-2.data-00000-of-00001": None,  # a complete checkpoint's files
+    "ckpt-240_temp": None,  # a file, not TensorFlow's directory
+    "ckpt-240_temporary": "notes.txt", "my-ckpt-240_temp": "notes.txt", "ckpt-best_temp": "x",
+    "ckpt-240.index.tempstate": None, "notes.tmp0123": None, "checkpoint.tmp": None,
+    ".worker_tmp_x": "x", ".worker_tmp_01": "x",
+    "train": "ckpt-5_temp",  # below the model directory
+}
+
+
+def _make(root, entries):
+  for name, inner in entries.items():
+    if inner is None:
+      (root / name).write_text("x")
+    else:
+      (root / name).mkdir()
+      (root / name / inner).write_text("x")
+
+
+def test_a_trainer_removes_what_interrupted_saves_left_and_nothing_else(tmp_path, caplog):
+  run, kept = tmp_path / "run", tmp_path / "kept"
+  run.mkdir()
+  kept.mkdir()
+  _make(run, _LEFTOVERS)
+  _make(kept, {k: v for k, v in _LOOK_ALIKES.items() if k != "ckpt-240_temp"})
+  (kept / "ckpt-240_temp").write_text("x")
+  gin.clear_config()
+  common.parse_gin([], test_training.TINY)
+  rng = np.random.RandomState(0)
+  batch = {"relative_position/patches": rng.uniform(-100, 100, [2, 2, 32, 32, 3]).astype(
+      np.float32), "relative_position/label": np.zeros([2], np.int32)}
+  caplog.set_level(logging.INFO)
+  try:
+    for model_dir in (run, kept):
+      training.MultiTaskTrainer(str(model_dir), tasks=["relative_position"], input_fns={
+          "relative_position": lambda ctx: tf.data.Dataset.from_tensors(batch).repeat()})
+  finally:
+    gin.clear_config()
+  assert sorted(os.listdir(run)) == ["train"]  # the summaries' directory, made by the trainer
+  logged = caplog.text
+  assert f"left in {run}: " in logged and all(name in logged for name in _LEFTOVERS)
+  assert sorted(os.listdir(kept)) == sorted(_LOOK_ALIKES)
+  assert (kept / "train" / "ckpt-5_temp").exists()
+  assert str(kept) not in logged
+
+
+def _worker(cluster, task_type, task_id):
+  """A stand-in for a MultiWorkerMirroredStrategy: what `distribute.worker_info` reads."""
+  resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+      tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+  return types.SimpleNamespace(cluster_resolver=resolver)
+
+
+@pytest.mark.parametrize("cluster, task, removed", [
+    # Worker 0 is the chief: it deletes the directories no worker of its cluster writes (its
+    # own index 0, and 3 in a cluster of three); workers 1 and 2 each delete their own.
+    ({"worker": ["a:1", "b:1", "c:1"]}, ("worker", 0), [0, 3]),
+    ({"worker": ["a:1", "b:1", "c:1"]}, ("worker", 2), [2]),
+    # With a chief task, workers 0 and 1 write elsewhere: the chief deletes 2 and 3.
+    ({"chief": ["x:1"], "worker": ["a:1", "b:1"]}, ("chief", 0), [2, 3]),
+    ({"chief": ["x:1"], "worker": ["a:1", "b:1"]}, ("worker", 0), [0]),
+])
+def test_workers_remove_only_the_temporary_directories_no_live_worker_writes(
+    tmp_path, cluster, task, removed):
+  for index in range(4):
+    (tmp_path / f".worker_tmp_{index}").mkdir()
+    (tmp_path / f".worker_tmp_{index}" / "ckpt-3.index").write_text("x")
+  strategy = _worker(cluster, *task)
+  paths = distribute.remove_stale_worker_dirs(str(tmp_path), strategy)
+  assert paths == [str(tmp_path / f".worker_tmp_{i}") for i in removed]
+  assert sorted(os.listdir(tmp_path)) == [f".worker_tmp_{i}" for i in range(4) if i not in removed]
