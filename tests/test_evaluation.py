@@ -150,7 +150,8 @@ def test_seeded_runs_repeat_and_report_at_the_pretraining_step(tmp_path, caplog)
   trunk.ensure_built()
   prefix = tf.train.Checkpoint(trunk=trunk, global_step=tf.Variable(1234, dtype=tf.int64)).write(
       str(tmp_path / "run" / "ckpt-7"))
-  with caplog.at_level(logging.INFO):
+  # On absl's logger itself: other tests in the process may have set its own level.
+  with caplog.at_level(logging.INFO, logger="absl"):
     runs = [evaluation.evaluate("imagenet_linear", str(tmp_path / f"out{i}"), checkpoint=prefix,
                                 seed=7) for i in range(2)]
   assert runs[0]["metrics"] == runs[1]["metrics"]
