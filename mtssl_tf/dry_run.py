@@ -8,13 +8,13 @@ time per step. They build no model and write nothing. Missing data raises `Missi
 line naming the dataset, where it was looked for and the WORKSPACE.md section that prepares it.
 """
 
-import inspect
 import math
 
 import gin
 import tensorflow as tf
 
 from mtssl_tf import trunk as trunk_lib
+from mtssl_tf import validate
 from mtssl_tf.data import motion_records
 from mtssl_tf.data import sources
 from mtssl_tf.data import splits
@@ -32,19 +32,22 @@ def bound(function, param, selector=None):
   try:
     return gin.query_parameter(f"{selector}.{param}")
   except ValueError:
-    return inspect.signature(function).parameters[param].default
+    return validate.defaults(function)[param]
+
+
+def _missing(error):
+  """A `splits.DataNotFoundError` as `MissingData` naming the WORKSPACE.md section."""
+  message = str(error)
+  if "WORKSPACE.md" in message:
+    return MissingData(message.replace("WORKSPACE.md", PREPARE, 1))
+  return MissingData(f"{message} ({PREPARE})")
 
 
 def _tfds_examples(name, split, data_dir, binding):
   try:
     return splits.num_examples(name, split, data_dir=data_dir, binding=binding)
   except splits.DataNotFoundError as e:
-    message = str(e)
-    if "WORKSPACE.md" in message:
-      message = message.replace("WORKSPACE.md", PREPARE, 1)
-    else:
-      message = f"{message} ({PREPARE})"
-    raise MissingData(message) from None
+    raise _missing(e) from None
 
 
 def image_source():
@@ -191,15 +194,10 @@ def evaluation_plan(eval_name, seconds_per_step=None):
   with gin.config_scope(eval_name):
     trunk = trunk_lib.Trunk()
     head = base.get(eval_name)(trunk)
-  counts = {}
-  for training in (True, False):
-    split = head.train_split if training else head.eval_split
-    if head.dataset == "toy":
-      counts[training] = head.num_examples(training)
-    else:
-      counts[training] = _tfds_examples(
-          head.dataset, split, bound(sources.tfds_split, "data_dir"),
-          f"{eval_name}.{'train_split' if training else 'eval_split'}")
+  try:
+    counts = {training: head.num_examples(training, strict=True) for training in (True, False)}
+  except splits.DataNotFoundError as e:
+    raise _missing(e) from None
   plan = evaluation.make_plan(eval_name, head, trunk, settings, counts[True], counts[False])
   plan["seconds_per_step"] = seconds_per_step
   plan["wall_seconds"] = (plan["train_steps"] * seconds_per_step if seconds_per_step else None)

@@ -436,12 +436,17 @@ class Evaluator:
     """
     batches = int(batches or self.settings.batch_norm_batches)
     head_layers = _batch_norm_layers(self.evaluation)
-    trunk_ids = {id(v) for v in self.trunk.variables}
-    variables = [v for v in _moving_statistics(self.evaluation)
-                 if include_trunk or id(v) not in trunk_ids]
-    if include_trunk:
-      variables += [v for v in _moving_statistics(self.trunk)
-                    if all(v is not w for w in variables)]
+    # A frozen evaluation's head reads the trunk in inference mode, so its trunk pass runs the
+    # trunk alone; its head's own statistics are estimated before the test.
+    trunk_only = include_trunk and not self.evaluation.fine_tunes_trunk
+    trunk_statistics = _moving_statistics(self.trunk)
+    if trunk_only:
+      variables = trunk_statistics
+    else:
+      trunk_ids = {id(v) for v in trunk_statistics}
+      variables = [v for v in _moving_statistics(self.evaluation) if id(v) not in trunk_ids]
+      if include_trunk:
+        variables += trunk_statistics
     if not variables or not batches:
       return 0
     # Slim modules (trunk, block 4) read `batch_norm_decay` and Keras layers `momentum` when a
@@ -451,14 +456,13 @@ class Evaluator:
     saved = ([(m, "batch_norm_decay", m.batch_norm_decay) for m in slim_modules] +
              [(layer, "momentum", layer.momentum) for layer in head_layers])
     image_key = f"{self.name}/image"
-    frozen = not self.evaluation.fine_tunes_trunk
 
     def replica_forward(features):
-      if include_trunk and frozen:
-        # The head of a frozen evaluation runs the trunk in inference mode: run it here.
+      if trunk_only:
         self.trunk(features[image_key], training=True,
                    output_stride=self.evaluation.output_stride)
-      self.evaluation.model_fn(features, base.Mode.TRAIN)
+      else:
+        self.evaluation.model_fn(features, base.Mode.TRAIN)
 
     try:
       for module, attribute, _ in saved:

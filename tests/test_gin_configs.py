@@ -9,6 +9,7 @@ import pytest
 
 from mtssl_tf import color
 from mtssl_tf import trunk as trunk_lib
+from mtssl_tf import validate
 from mtssl_tf.bin import common
 from mtssl_tf.tasks import base
 from mtssl_tf.tasks import colorization
@@ -126,14 +127,6 @@ def test_every_evaluation_has_a_protocol_file():
   assert EVAL_FILES == evals_base.registered()
 
 
-def _default(configurable, param):
-  import inspect  # pylint: disable=g-import-not-at-top
-  function = configurable.wrapped
-  if inspect.isclass(function):
-    function = function.__init__
-  return inspect.signature(function).parameters[param].default
-
-
 def _same(a, b):
   if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
     return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -158,7 +151,7 @@ def test_protocol_file_restates_the_code_defaults(name):
         bound_settings.add(param)
         expected = protocol[param]
       else:
-        expected = _default(configurable, param)
+        expected = validate.defaults(configurable.wrapped)[param]
       assert _same(value, expected), (f"{scope}/{selector}.{param} = {value!r} in the gin "
                                       f"file, {expected!r} in the code")
   assert bound_settings == set(protocol), "the file must restate the whole protocol"

@@ -129,14 +129,21 @@ class Evaluation(tf.Module):
     """The built-in toy set (dataset "toy"): a dict of numpy arrays, one example per row."""
     raise NotImplementedError
 
-  def num_examples(self, training):
+  def num_examples(self, training, strict=False):
     """Examples in the training (or test) split: the toy set's size, or TFDS's count of the
-    prepared split (None when it cannot be known without reading the data)."""
+    prepared split.
+
+    Args:
+      training: the training split (True) or the test split.
+      strict: raise `splits.DataNotFoundError` when the split is not prepared (a dry run);
+        otherwise that gives None (the size cannot be known without reading the data).
+    """
     if self.dataset == "toy":
       return len(next(iter(self.toy_data(training).values())))
     split = self.train_split if training else self.eval_split
-    return splits.maybe_num_examples(self.dataset, split, data_dir=_tfds_data_dir(),
-                                     binding=self._split_binding(training))
+    count = splits.num_examples if strict else splits.maybe_num_examples
+    return count(self.dataset, split, data_dir=_tfds_data_dir(),
+                 binding=self._split_binding(training))
 
   def _split_binding(self, training):
     return f"{self.name}.{'train_split' if training else 'eval_split'}"
