@@ -18,6 +18,7 @@ instead, for a dry run.
 import ast
 import contextlib
 import inspect
+import logging as std_logging
 import tarfile
 import tempfile
 import textwrap
@@ -76,13 +77,21 @@ class _NoDownloadManager:
 
 @contextlib.contextmanager
 def _quiet_absl():
-  """Silences absl warnings, e.g. ImageNet's "split not found" for the empty manual_dir."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
+  """Silences absl warnings, e.g. ImageNet's "split not found" for the empty manual_dir.
+
+  A filter, not a level: `set_verbosity` would leave an explicit level on absl's logger where
+  there was none (it inherits the root's), hiding INFO lines from whoever logs later.
+  """
+  absl_logger = logging.get_absl_logger()
+
+  def below_error(record):
+    return record.levelno >= std_logging.ERROR
+
+  absl_logger.addFilter(below_error)
   try:
     yield
   finally:
-    logging.set_verbosity(verbosity)
+    absl_logger.removeFilter(below_error)
 
 
 def _builder(name, data_dir):

@@ -1,9 +1,11 @@
 """Tests of TFDS split checking and split sizes (mtssl_tf/data/splits.py), all offline."""
 
 import inspect
+import logging
 import pathlib
 import re
 
+from absl import logging as absl_logging
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -78,6 +80,18 @@ def test_imagenet_splits_come_from_its_source_without_the_manual_download():
   # Where the builder runs offline, its source says the same as its run.
   voc = tfds.builder("voc/2007")
   assert splits._splits_from_source(voc) == splits._splits_from_generators(voc)
+
+
+def test_reading_splits_leaves_absl_logging_as_it_was(caplog):
+  # ImageNet's builder warns about its empty manual_dir while its splits are read; silencing
+  # that must not leave a level on absl's logger, or later INFO lines (progress) disappear.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  splits.declared_splits("imagenet2012")
+  assert absl_logger.level == level
+  caplog.set_level(logging.INFO)
+  absl_logging.info("after reading splits")
+  assert "after reading splits" in caplog.text
 
 
 def test_declared_splits_of_a_dataset_without_code_are_its_prepared_ones(tiny_data_dir):
