@@ -83,6 +83,7 @@ import tensorflow as tf
 from mtssl_tf import distribute
 from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import precision as precision_lib
+from mtssl_tf import run_config
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
@@ -812,18 +813,38 @@ def _inner(optimizer):
 
 
 @gin.configurable
-def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="default"):
+def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="default",
+                 warm_start_from=None):
   """Builds a `MultiTaskTrainer` (gin-configured) in model_dir and trains; the `mtssl-train` job.
+
+  Before anything is built or written, a model directory that holds checkpoints is checked
+  against the configuration now parsed (`run_config.check_resume`): a change to what its
+  checkpoints hold is refused, the directory untouched; allowed changes are logged.
 
   Args:
     model_dir: the run's directory (resumes from its latest checkpoint).
     num_steps: global steps to stop at.
     max_compute: device-seconds of compute to stop at.
     strategy_name: "default", "mirrored" or "multi_worker" (`distribute.make_strategy`).
+    warm_start_from: another run's model directory or checkpoint: a new run's trunk starts
+      from its trunk (heads, optimizers and counters fresh). Ignored once model_dir has a
+      checkpoint of its own: a restarted run resumes from that.
 
   Returns:
     (the `MultiTaskTrainer`, the summary dict of `MultiTaskTrainer.train`).
+
+  Raises:
+    run_config.ConfigChanged: the configuration changes what model_dir's checkpoints hold.
   """
+  run_config.check_resume(model_dir)
   strategy = distribute.make_strategy(strategy_name)
   trainer = MultiTaskTrainer(model_dir, strategy=strategy)
+  if warm_start_from:
+    if trainer.restored_from:
+      logging.info("Not warm starting from %s: %s resumes from its own %s.", warm_start_from,
+                   model_dir, trainer.restored_from)
+    else:
+      report = run_config.warm_start(trainer.trunk, warm_start_from)
+      logging.info("Warm start: the trunk (%d variables) from %s; heads, optimizers and "
+                   "counters fresh.", len(report.loaded), report.path)
   return trainer, trainer.train(num_steps=num_steps, max_compute=max_compute)

@@ -1,6 +1,7 @@
 """Tests of resuming a model directory under a changed configuration, and of warm starts."""
 
 import hashlib
+import logging
 import os
 import shutil
 
@@ -58,7 +59,7 @@ def _hashes(folder):
 
 
 def _resume(model_dir):
-  """What mtssl-train does with a model directory: check it, then build, restore and train."""
+  """The allowed changes (check_resume only reads), then what mtssl-train does: run_training."""
   changes = run_config.check_resume(model_dir)
   trainer, summary = training.run_training(model_dir)
   return changes, trainer, summary
@@ -88,7 +89,7 @@ def test_a_change_to_what_the_checkpoint_holds_is_refused_and_the_directory_unto
   before = _hashes(model_dir)
   _parse("run_training.num_steps = 2", *bindings)
   with pytest.raises(run_config.ConfigChanged) as error:
-    _resume(model_dir)
+    training.run_training(model_dir)  # as mtssl-train calls it
   assert sorted(error.value.changes) == sorted(refused)
   message = str(error.value)
   for binding, old, new in refused:
@@ -190,3 +191,29 @@ def test_warm_start_loads_the_old_runs_trunk_only(old_run):
   with pytest.raises(ValueError, match=r"depth-26 trunk, this run's is depth 50; bind "
                                        r"Trunk.depth = 26"):
     run_config.warm_start(trunk_lib.Trunk(depth=50), model_dir)
+
+
+def test_warm_start_from_starts_a_new_run_from_the_old_trunk_once(old_run, tmp_path, caplog):
+  old_dir, old_trunk = old_run
+  new_dir = str(tmp_path / "new")
+  # Another task list and head width: refused as a resume of old_dir, fine as a new run.
+  _parse("MultiTaskTrainer.tasks = ['exemplar']", "exemplar.head_width = 32",
+         "TaskSettings.learning_rate = 1e-3")
+  trainer, summary = training.run_training(new_dir, warm_start_from=old_dir)
+  assert trainer.restored_from is None and summary["task_steps"] == {"exemplar": 1}
+  # One RMSProp step from the old trunk: each weight moves by about the learning rate times
+  # 1/sqrt(1 - rho) = 3.2e-3; a fresh initialization is nowhere near the old trunk.
+  trained = {v.name: v.numpy() for v in trainer.trunk.trainable_variables}
+  for name, value in trained.items():
+    np.testing.assert_allclose(value, old_trunk[name], rtol=0, atol=4e-3, err_msg=name)
+  fresh = trunk_lib.Trunk(depth=26)
+  fresh.ensure_built()
+  weights = [v for v in fresh.trainable_variables if v.name.endswith("weights:0")]
+  assert max(np.abs(v.numpy() - old_trunk[v.name]).max() for v in weights) > 0.1
+  # Restarted with the same flag, the new run resumes from its own checkpoint, not the old one.
+  _parse("MultiTaskTrainer.tasks = ['exemplar']", "exemplar.head_width = 32",
+         "TaskSettings.learning_rate = 1e-3", "run_training.num_steps = 2")
+  caplog.set_level(logging.INFO)
+  trainer, summary = training.run_training(new_dir, warm_start_from=old_dir)
+  assert trainer.restored_from.endswith("ckpt-1") and summary["step"] == 2
+  assert f"resumes from its own {trainer.restored_from}" in caplog.text

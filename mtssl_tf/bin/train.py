@@ -8,7 +8,9 @@
     --jit_compile                                     # GPUs: bf16 compute, XLA-compiled steps
 
 Everything else is gin (MultiTaskTrainer.*, run_training.*, <task>/TaskSettings.*). Running it
-again with the same --model_dir resumes from the latest checkpoint; SIGTERM or Ctrl-C saves a
+again with the same --model_dir resumes from the latest checkpoint, unless the configuration
+changes what the checkpoints hold (tasks, depth, heads, lasso): that is refused, naming each
+changed binding, and --warm_start_from=<old run> starts a new --model_dir from the old trunk; SIGTERM or Ctrl-C saves a
 checkpoint at the current step and exits with status 0. A NaN or Inf loss or gradient exits with
 status 1, naming the task and the step, and leaves the last checkpoint as it was. A mistake in
 the configuration or the data ends with one line on stderr that names the gin binding or file
@@ -41,6 +43,9 @@ flags.DEFINE_bool("jit_compile", None, "Compile each task's step with XLA (overr
 flags.DEFINE_string("tf_data_service", None, "Address (grpc://host:port) of a tf.data service "
                     "dispatcher: input pipelines run on its workers (overrides "
                     "distribute_input.tf_data_service).")
+flags.DEFINE_string("warm_start_from", None, "A new run's trunk starts from this run directory's "
+                    "(or checkpoint's) trunk; heads, optimizers and counters start fresh "
+                    "(overrides run_training.warm_start_from).")
 flags.DEFINE_bool("dry_run", False, "Open every dataset the run needs, print the plan (steps, "
                   "epochs, checkpoints, compute, wall time) and exit; nothing is written.")
 flags.DEFINE_float("seconds_per_step", None, "With --dry_run: the time of one global step, "
@@ -80,6 +85,8 @@ def main(argv):
     overrides["num_steps"] = FLAGS.num_steps
   if FLAGS.strategy is not None:
     overrides["strategy_name"] = FLAGS.strategy
+  if FLAGS.warm_start_from is not None:
+    overrides["warm_start_from"] = FLAGS.warm_start_from
   trainer, summary = training.run_training(FLAGS.model_dir, **overrides)
   del trainer
   logging.info("Finished at step %d %s; checkpoint %s%s.", summary["step"],
