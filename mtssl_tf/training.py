@@ -85,6 +85,7 @@ from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import precision as precision_lib
 from mtssl_tf import run_config
 from mtssl_tf import trunk as trunk_lib
+from mtssl_tf import validate
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
 
@@ -164,6 +165,9 @@ class TaskSettings:
   epsilon: float = 1e-14
 
   def check(self, task):
+    """Returns self if every setting has the right type and range (ValueError naming it)."""
+    # Types too: a value gin evaluates when called (a %MACRO) escapes the checks at parsing.
+    validate.check_arguments(TaskSettings, dataclasses.asdict(self), f"{task}/TaskSettings")
     problems = []
     if self.weight < 0:
       problems.append(f"weight {self.weight} < 0")

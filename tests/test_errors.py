@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf import validate
 from mtssl_tf.bin import common
@@ -147,6 +148,17 @@ def test_a_value_of_the_wrong_type_is_named_by_its_binding_when_parsed(binding, 
   with pytest.raises(validate.SettingError) as raised:
     common.parse_gin(["experiments/demo.gin"], [binding])
   assert str(raised.value).startswith(message)
+
+
+def test_a_task_setting_of_the_wrong_type_through_a_macro_is_named_when_built():
+  # A macro's value is only known when the configurable is called: the parse-time check cannot
+  # see it, the task's settings are checked when read.
+  common.parse_gin(["experiments/demo.gin"], ["RATE = 'fast'",
+                                              "exemplar/TaskSettings.learning_rate = %RATE"])
+  with pytest.raises(validate.SettingError, match=r"^exemplar/TaskSettings\.learning_rate = "
+                     r"'fast': expects a number"):
+    training.task_settings("exemplar")
+  assert training.task_settings("colorization").learning_rate == 3e-4  # demo.gin's
 
 
 def test_right_types_and_none_pass():
