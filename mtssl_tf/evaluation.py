@@ -51,6 +51,7 @@ import tensorflow as tf
 from mtssl_tf import distribute
 from mtssl_tf import files
 from mtssl_tf import lasso as lasso_lib
+from mtssl_tf import progress
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.evals import base
 
@@ -226,10 +227,6 @@ def results_path(output_dir, eval_name, checkpoint=None, lasso=False):
   """
   tag = "random" if checkpoint is None else os.path.basename(checkpoint)
   return os.path.join(output_dir, f"{eval_name}-{tag}{'-lasso' if lasso else ''}.json")
-
-
-def _format_eta(seconds):
-  return time.strftime("%H:%M:%S", time.gmtime(max(0.0, seconds)))
 
 
 @contextlib.contextmanager
@@ -514,7 +511,7 @@ class Evaluator:
         rate = step / max(now - start, 1e-9)
         logging.info("%s on %s: step %d/%d, loss %.4g, %.2f steps/s, ETA %s", self.name,
                      self.tag, step, self.train_steps, value, rate,
-                     _format_eta((self.train_steps - step) / max(rate, 1e-9)))
+                     progress.format_duration((self.train_steps - step) / max(rate, 1e-9)))
     return value
 
   def test(self):
@@ -532,7 +529,7 @@ class Evaluator:
       if now - last_log >= self.settings.log_every_secs:
         last_log = now
         rate = images / max(now - start, 1e-9)
-        eta = "?" if not total else _format_eta((total - images) / max(rate, 1e-9))
+        eta = "?" if not total else progress.format_duration((total - images) / max(rate, 1e-9))
         logging.info("%s on %s: test %d/%s images, %.1f images/s, ETA %s", self.name,
                      self.tag, images, total or "?", rate, eta)
     logging.info("%s on %s: tested %d images in %.0f s", self.name, self.tag, images,

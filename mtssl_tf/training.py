@@ -83,6 +83,7 @@ import tensorflow as tf
 from mtssl_tf import distribute
 from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import precision as precision_lib
+from mtssl_tf import progress
 from mtssl_tf import run_config
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf import validate
@@ -402,6 +403,7 @@ class MultiTaskTrainer:
     self.skipped_updates = {n: 0 for n in self.names}
     # Each task's losses since its last TensorBoard write (written as their mean).
     self._unwritten_losses = {n: [] for n in self.names}
+    self._short_names = progress.short_task_names(self.names)
 
   # --- building ---------------------------------------------------------------------------
 
@@ -618,6 +620,11 @@ class MultiTaskTrainer:
     first = {n: [] for n in self.names}
     latest = {n: collections.deque(maxlen=window) for n in self.names}
     stopped = False
+    logging.info("Progress lines: global step, steps/s, ETA, compute used (device-s, and the "
+                 "budget), then per "
+                 "task its steps and mean loss since the last line (%s).",
+                 ", ".join(f"{s} = {n}" for n, s in self._short_names.items() if s != n) or
+                 "tasks by name")
     with _StopRequest() as stop, self._writer.as_default(), _quiet_retracing_warning():
       while step < num_steps and compute < max_compute:
         index = next_task(counts, weights)
@@ -763,20 +770,42 @@ class MultiTaskTrainer:
 
   def _log_progress(self, step, num_steps, counts, start_step, start_time, recent, compute,
                     max_compute=math.inf):
+    """One line: global step, rate, ETA, compute used, then each task (in the order of
+    `tasks`) with its steps and its mean loss since the last line ("-": it did not run)."""
     elapsed = max(time.time() - start_time, 1e-9)
     rate = (step - start_step) / elapsed
     remaining = num_steps - step
-    if math.isinf(remaining) and step > start_step:
+    if not math.isinf(max_compute) and step > start_step:
       # Steps left until the compute budget, at the compute per step seen so far.
       per_step = compute / max(step, 1)
-      remaining = (max_compute - compute) / max(per_step, 1e-12)
-    eta = remaining / rate if rate > 0 else float("inf")
-    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
-    per_task = ", ".join(f"{n} {c}" for n, c in zip(self.names, counts))
-    losses = ", ".join(f"{n} {np.mean(v):.4g}" for n, v in recent.items())
-    logging.info("step %d/%s (%s), %.2f steps/s, ETA %s, compute %.4g device-s; mean loss "
-                 "since last line: %s", step, num_steps, per_task, rate, eta_text,
-                 compute, losses)
+      remaining = min(remaining, (max_compute - compute) / max(per_step, 1e-12))
+    eta = remaining / rate if rate > 0 else math.inf
+    logging.info("%s", format_progress(step, num_steps, rate, eta, compute, max_compute, {
+        self._short_names[n]: (c, np.mean(recent[n]) if recent.get(n) else None)
+        for n, c in zip(self.names, counts)}))
+
+
+def format_progress(step, num_steps, rate, eta, compute, max_compute, tasks):
+  """A progress line of at most 145 characters (160 with the log prefix) for up to four tasks
+  (with seven-digit counts, their losses >= 0).
+
+  Args:
+    step, num_steps: the global step and the step to stop at (math.inf: none).
+    rate: global steps per second.
+    eta: seconds left (math.inf: unknown).
+    compute, max_compute: device-seconds used and budgeted (math.inf: no budget).
+    tasks: {short task name: (its steps, its mean loss since the last line or None)}, in order.
+
+  Returns:
+    e.g. "step 1200/100000 3.41/s ETA 08:03:41 1.2e+03 | rp 600 2.08 col 600 -".
+  """
+  total = "" if math.isinf(num_steps) else f"/{num_steps}"
+  budget = "" if math.isinf(max_compute) else f"/{max_compute:.3g}"
+  per_task = " ".join(f"{short} {count} {'-' if loss is None else f'{loss:.3g}'}"
+                      for short, (count, loss) in tasks.items())
+  rate_text = f"{rate:.1f}" if rate >= 10 else f"{rate:.3g}"
+  return (f"step {step}{total} {rate_text}/s ETA {progress.format_duration(eta)} "
+          f"{compute:.3g}{budget} | {per_task}")
 
 
 def _unique_floats(variables):

@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mtssl_tf import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.data import motion_labels  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
@@ -278,7 +279,7 @@ class Progress:
     done = self.videos / self.total if self.total else 1.0
     bar = "#" * int(30 * done) + "." * (30 - int(30 * done))
     eta = elapsed / done - elapsed if done > 0 else float("nan")
-    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
+    eta_text = progress.format_duration(eta)
     return (f"[{bar}] {self.videos}/{self.total} videos, {self.frames} frames, "
             f"{self.frames / elapsed:.1f} frames/s, ETA {eta_text}")
 
