@@ -85,6 +85,7 @@ from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import precision as precision_lib
 from mtssl_tf import progress
 from mtssl_tf import run_config
+from mtssl_tf import supervise
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf import validate
 from mtssl_tf.data import sources
@@ -234,11 +235,40 @@ def _quiet_retracing_warning():
     tf_logger.removeFilter(quiet)
 
 
+# The signal that asked this process to stop before `train` began (see `honour_stop_signals`).
+_EARLY_STOP = {"signal": None}
+
+
+def _early_stop_handler(signum, frame):
+  del frame
+  if _EARLY_STOP["signal"] is None:
+    logging.warning("Signal %d before training began: stopping after the first step, with a "
+                    "checkpoint there.", signum)
+  _EARLY_STOP["signal"] = signum
+
+
+def honour_stop_signals():
+  """Records SIGTERM and SIGINT from now on, for `train` to act on when it starts.
+
+  The binary calls it at start-up and `run_training` again once the strategy is built
+  (building a MultiWorkerMirroredStrategy installs TensorFlow's own SIGTERM handler, its
+  preemption notifier, which would otherwise swallow the signal). A signal that arrives while
+  the process waits for its cluster, builds or restores is acted on at the first step: the
+  workers agree on it, save a checkpoint and stop.
+  """
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+      signal.signal(sig, _early_stop_handler)
+    except ValueError:  # not the main thread: signals cannot be caught here
+      pass
+
+
 class _StopRequest:
-  """Turns SIGTERM and SIGINT into a flag the loop checks between steps."""
+  """Turns SIGTERM and SIGINT into a flag the loop checks between steps (set from the start
+  when one arrived before, see `honour_stop_signals`)."""
 
   def __init__(self):
-    self.requested = False
+    self.requested = _EARLY_STOP["signal"] is not None
     self._previous = {}
 
   def __enter__(self):
@@ -871,6 +901,10 @@ def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="def
   """
   run_config.check_resume(model_dir)
   strategy = distribute.make_strategy(strategy_name)
+  # The cluster is complete: a supervisor stops timing the wait; SIGTERM is ours again.
+  supervise.report_joined()
+  if signal.getsignal(signal.SIGTERM) is _early_stop_handler:
+    honour_stop_signals()
   trainer = MultiTaskTrainer(model_dir, strategy=strategy)
   if warm_start_from:
     if trainer.restored_from:

@@ -250,6 +250,9 @@ def _quiet_console():
   for message in _DEPRECATIONS:
     warnings.filterwarnings("ignore", message=message, category=UserWarning)
   logging.get_absl_handler().setFormatter(_ConsoleFormatter())
+  # TensorFlow's Python INFO lines (each collective's size under MultiWorkerMirroredStrategy,
+  # twice: through its own handler and absl's); its warnings and errors still show.
+  std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
 
 
 def run(main, program):

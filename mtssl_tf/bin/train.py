@@ -10,16 +10,23 @@
 Everything else is gin (MultiTaskTrainer.*, run_training.*, <task>/TaskSettings.*). Running it
 again with the same --model_dir resumes from the latest checkpoint, unless the configuration
 changes what the checkpoints hold (tasks, depth, heads, lasso): that is refused, naming each
-changed binding, and --warm_start_from=<old run> starts a new --model_dir from the old trunk; SIGTERM or Ctrl-C saves a
-checkpoint at the current step and exits with status 0. A NaN or Inf loss or gradient exits with
-status 1, naming the task and the step, and leaves the last checkpoint as it was. A mistake in
-the configuration or the data ends with one line on stderr that names the gin binding or file
-and the fix, and status 1; `--verbose` (or MTSSL_VERBOSE=1) shows the traceback and
-TensorFlow's own messages.
+changed binding, and --warm_start_from=<old run> starts a new --model_dir from the old trunk.
+SIGTERM or Ctrl-C, from start-up on, saves a checkpoint at the next step and exits with status
+0. A NaN or Inf loss or gradient exits with status 1, naming the task and the step, and leaves
+the last checkpoint as it was. A mistake in the configuration or the data ends with one line on
+stderr that names the gin binding or file and the fix, and status 1; `--verbose` (or
+MTSSL_VERBOSE=1) shows the traceback and TensorFlow's own messages.
+
+With a multi-machine TF_CONFIG, or --max_restarts=N, the command supervises a child process
+that trains (mtssl_tf/supervise.py): a cluster that has not formed after --join_timeout seconds
+fails naming the missing workers, and a worker that lost a peer (or was killed) is started again,
+up to N times, resuming from the latest checkpoint.
 """
 
 # First: it quiets TensorFlow's start-up, which has to happen before TensorFlow is imported.
 from mtssl_tf.bin import common  # pylint: disable=g-bad-import-order
+
+import sys
 
 from absl import app
 from absl import flags
@@ -27,6 +34,7 @@ from absl import logging
 import gin
 
 from mtssl_tf import dry_run
+from mtssl_tf import supervise
 from mtssl_tf import training
 
 FLAGS = flags.FLAGS
@@ -50,6 +58,11 @@ flags.DEFINE_bool("dry_run", False, "Open every dataset the run needs, print the
                   "epochs, checkpoints, compute, wall time) and exit; nothing is written.")
 flags.DEFINE_float("seconds_per_step", None, "With --dry_run: the time of one global step, "
                    "for the wall time.")
+flags.DEFINE_integer("max_restarts", 0, "Start the worker again after a failure TensorFlow "
+                     "recovers from by a restart (a lost peer, a timed-out collective) or a kill "
+                     "by a signal, up to this many times; it resumes from the latest checkpoint.")
+flags.DEFINE_float("join_timeout", 600.0, "Seconds a worker of a multi-machine cluster (TF_CONFIG)"
+                   " may wait for the others; then it fails naming the missing ones.")
 common.define_gin_flags()
 
 
@@ -61,6 +74,11 @@ def main(argv):
   if not FLAGS.gin_file:
     raise app.UsageError("--gin_file is required, e.g. --gin_file=experiments/rp.gin "
                          "(files under gin/ are found by their relative path).")
+  if not FLAGS.dry_run and supervise.wants_supervision(FLAGS.max_restarts):
+    # This process supervises; a child process does the work (see supervise.py).
+    return supervise.supervise([sys.executable, "-m", "mtssl_tf.bin.train"] + sys.argv[1:],
+                               max_restarts=FLAGS.max_restarts, join_timeout=FLAGS.join_timeout)
+  training.honour_stop_signals()
   bindings = list(FLAGS.gin_param or [])
   if FLAGS.precision is not None:
     bindings.append(f"MultiTaskTrainer.precision = {FLAGS.precision!r}")
@@ -87,7 +105,14 @@ def main(argv):
     overrides["strategy_name"] = FLAGS.strategy
   if FLAGS.warm_start_from is not None:
     overrides["warm_start_from"] = FLAGS.warm_start_from
-  trainer, summary = training.run_training(FLAGS.model_dir, **overrides)
+  try:
+    trainer, summary = training.run_training(FLAGS.model_dir, **overrides)
+  except supervise.restartable_errors() as e:
+    if not supervise.is_supervised():
+      raise
+    print(f"mtssl-train: {common.one_line(e)} (a restart of the cluster recovers from this)",
+          file=sys.stderr)
+    return supervise.RESTART_EXIT
   del trainer
   logging.info("Finished at step %d %s; checkpoint %s%s.", summary["step"],
                summary["task_steps"], summary["checkpoint"],
