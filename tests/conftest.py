@@ -1,6 +1,7 @@
 """Test setup: two logical CPU devices (so MirroredStrategy has two replicas) and shared helpers."""
 
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -63,3 +64,14 @@ def assert_close_at_scale(actual, expected, names, rtol, slacks=None):
       worst, worst_name = value, names[i]
   assert worst <= rtol, f"{worst_name}: off by {worst:.3g} of the largest value (> {rtol})"
   return worst
+
+
+def free_ports(count):
+  """`count` TCP ports on 127.0.0.1 that nothing listens on now (for loopback clusters)."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports

@@ -33,7 +33,6 @@ divide a gradient's scale away, and only the velocity slot would show it.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -47,6 +46,7 @@ from mtssl_tf.bin import common
 from tests import multi_worker_run
 from tests import test_training
 from tests.conftest import assert_close_at_scale
+from tests.conftest import free_ports
 from tests.conftest import step_rounding
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,16 +126,6 @@ def _assert_matches_one_device(split, one_device, initial):
       assert int(split[key]) == int(one_device[key]) == SPLIT_STEPS // 2, key
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_path, _split_gin):
   batches = swapped_pair_batches(SPLIT_STEPS, SPLIT_PAIRS)
   np.savez(tmp_path / "batches.npz", **batches)
@@ -143,7 +133,7 @@ def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_pat
   one_device, initial = _one_device_start(str(tmp_path / "one_device"), batches)
   # The workers start from the same checkpoint.
   shutil.copytree(tmp_path / "one_device", tmp_path / "run")
-  ports = _free_ports(2)
+  ports = free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   processes = []
   for index in range(2):

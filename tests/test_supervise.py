@@ -13,22 +13,13 @@ import pytest
 
 from mtssl_tf import supervise
 from tests import test_training
+from tests.conftest import free_ports
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("localhost", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def _tf_config(ports, index):
-  return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+  return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                      "task": {"type": "worker", "index": index}})
 
 
@@ -83,35 +74,35 @@ def test_who_is_supervised():
   assert supervise.wants_supervision(1, {})
   # The supervised worker itself never supervises.
   assert not supervise.wants_supervision(3, dict(two, **{supervise.FD_VARIABLE: "5"}))
-  assert supervise.cluster_addresses(two) == [("worker 0", "localhost:1"),
-                                              ("worker 1", "localhost:2")]
-  assert supervise.own_address(dict(two, TF_CONFIG=_tf_config([1, 2], 1))) == "localhost:2"
+  assert supervise.cluster_addresses(two) == [("worker 0", "127.0.0.1:1"),
+                                              ("worker 1", "127.0.0.1:2")]
+  assert supervise.own_address(dict(two, TF_CONFIG=_tf_config([1, 2], 1))) == "127.0.0.1:2"
   with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
     supervise.cluster_addresses({"TF_CONFIG": "{cluster"})
 
 
 def test_unreachable_names_only_the_addresses_nothing_listens_on():
   listening = socket.socket()
-  listening.bind(("localhost", 0))
+  listening.bind(("127.0.0.1", 0))
   listening.listen()
-  closed, = _free_ports(1)
+  closed, = free_ports(1)
   try:
-    up = ("worker 0", f"localhost:{listening.getsockname()[1]}")
-    down = ("worker 1", f"localhost:{closed}")
+    up = ("worker 0", f"127.0.0.1:{listening.getsockname()[1]}")
+    down = ("worker 1", f"127.0.0.1:{closed}")
     assert supervise.unreachable([up, down]) == [down]
   finally:
     listening.close()
 
 
 def test_a_worker_that_never_comes_is_named_after_the_bounded_wait(tmp_path):
-  ports = _free_ports(2)
+  ports = free_ports(2)
   start = time.time()
   worker = _worker(tmp_path, ports, 0, "--join_timeout=8")
   _, stderr = worker.communicate(timeout=120)
   assert worker.returncode == 1, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
   assert last == (f"mtssl-train: the cluster did not form within 8 s: nothing answers at worker 1 "
-                  f"(localhost:{ports[1]}). Start that worker, or fix its address in TF_CONFIG "
+                  f"(127.0.0.1:{ports[1]}). Start that worker, or fix its address in TF_CONFIG "
                   "(wait bound: --join_timeout).")
   assert "Traceback" not in stderr
   assert time.time() - start < 60
@@ -119,10 +110,10 @@ def test_a_worker_that_never_comes_is_named_after_the_bounded_wait(tmp_path):
 
 
 def test_sigterm_while_waiting_for_the_cluster_ends_the_worker_at_once(tmp_path):
-  ports = _free_ports(2)
+  ports = free_ports(2)
   worker = _worker(tmp_path, ports, 0, "--join_timeout=300")
   # Worker 0's server listens once it waits for worker 1 (inside TensorFlow's C++ code).
-  _wait(lambda: not supervise.unreachable([("worker 0", f"localhost:{ports[0]}")]), 90,
+  _wait(lambda: not supervise.unreachable([("worker 0", f"127.0.0.1:{ports[0]}")]), 90,
         "worker 0 to wait for its cluster")
   time.sleep(1.0)
   sent = time.time()
@@ -135,7 +126,7 @@ def test_sigterm_while_waiting_for_the_cluster_ends_the_worker_at_once(tmp_path)
 
 def test_two_workers_finish_after_one_is_killed_mid_run(tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ports = _free_ports(2)
+  ports = free_ports(2)
   workers = [_worker(tmp_path, ports, i, "--num_steps=8", "--max_restarts=2",
                      "--join_timeout=120") for i in range(2)]
   run = tmp_path / "run"
