@@ -650,11 +650,11 @@ class MultiTaskTrainer:
     first = {n: [] for n in self.names}
     latest = {n: collections.deque(maxlen=window) for n in self.names}
     stopped = False
-    logging.info("Progress lines: global step, steps/s, ETA, compute used (device-s, and the "
-                 "budget), then per "
-                 "task its steps and mean loss since the last line (%s).",
-                 ", ".join(f"{s} = {n}" for n, s in self._short_names.items() if s != n) or
-                 "tasks by name")
+    logging.info("Progress lines: global step, steps/s, ETA, compute used (device-s), then "
+                 "each task's steps and mean loss since the last line.")
+    short = [f"{s} = {n}" for n, s in self._short_names.items() if s != n]
+    if short:
+      logging.info("Tasks in progress lines: %s.", ", ".join(short))
     with _StopRequest() as stop, self._writer.as_default(), _quiet_retracing_warning():
       while step < num_steps and compute < max_compute:
         index = next_task(counts, weights)

@@ -80,4 +80,8 @@ def test_progress_lines_list_every_task_in_the_order_of_the_task_list(caplog, tm
   first = lines[0]
   assert first.startswith("step 1/3 ") and " | ex 0 - rp 1 " in first
   assert " | ex 1 " in lines[2] and " rp 2 " in lines[2]
-  assert "ex = exemplar" in caplog.text and "rp = relative_position" in caplog.text
+  assert "Tasks in progress lines: ex = exemplar, rp = relative_position." in caplog.text
+  # The legend fits the console too (160 columns with the log prefix).
+  legend = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith(("Progress lines:", "Tasks in progress lines:"))]
+  assert len(legend) == 2 and all(_PREFIX + len(m) <= 160 for m in legend), legend
