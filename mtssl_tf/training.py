@@ -92,6 +92,8 @@ from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
 
 
+# Steps of each task whose mean loss a run's summary reports, at its start and at its end.
+LOSS_WINDOW = 20
 # CheckpointManager's checkpoint name: checkpoints are <dir>/ckpt-<step>.
 CHECKPOINT_NAME = "ckpt"
 # What an interrupted save of ckpt-<step> leaves next to the checkpoints: TensorFlow's temporary
@@ -624,7 +626,9 @@ class MultiTaskTrainer:
     Returns:
       dict: {"step", "task_steps", "last_loss": {task: loss}, "stopped_by_signal": bool,
       "checkpoint": latest path, "first_mean_loss" and "last_mean_loss": {task: mean loss of
-      its first and last 20 steps in this run}}.
+      its first and last steps in this run, 20 each or half its steps if it ran fewer than 40
+      (never overlapping; a task with fewer than 2 steps is left out)}, "loss_window": {task:
+      how many steps each of the two means took}}.
 
     Raises:
       NonFiniteLoss: a task's loss, gradients or update held a NaN or an Inf (nothing is
@@ -646,9 +650,10 @@ class MultiTaskTrainer:
     last_loss, recent = {}, {}
     unwritten = self._unwritten_losses
     # Mean loss of each task's first and last `window` steps of this run: is it going down?
-    window = 20
+    window = LOSS_WINDOW
     first = {n: [] for n in self.names}
     latest = {n: collections.deque(maxlen=window) for n in self.names}
+    ran = {n: 0 for n in self.names}  # steps of each task in this run
     stopped = False
     logging.info("Progress lines: global step, steps/s, ETA, compute used (device-s), then "
                  "each task's steps and mean loss since the last line.")
@@ -684,6 +689,7 @@ class MultiTaskTrainer:
         step += 1
         compute += self.settings[name].cost_per_step
         last_loss[name] = loss_value
+        ran[name] += 1
         if len(first[name]) < window:
           first[name].append(loss_value)
         latest[name].append(loss_value)
@@ -727,8 +733,7 @@ class MultiTaskTrainer:
     if not self.is_chief:
       distribute.remove_worker_dir(self.model_dir, self.strategy)
     return {"step": step, "task_steps": dict(zip(self.names, counts)), "last_loss": last_loss,
-            "first_mean_loss": {n: float(np.mean(v)) for n, v in first.items() if v},
-            "last_mean_loss": {n: float(np.mean(v)) for n, v in latest.items() if v},
+            **loss_windows(first, latest, ran),
             "stopped_by_signal": stopped, "checkpoint": checkpoint}
 
   def _nonfinite_variables(self):
@@ -836,6 +841,35 @@ def format_progress(step, num_steps, rate, eta, compute, max_compute, tasks):
   rate_text = f"{rate:.1f}" if rate >= 10 else f"{rate:.3g}"
   return (f"step {step}{total} {rate_text}/s ETA {progress.format_duration(eta)} "
           f"{compute:.3g}{budget} | {per_task}")
+
+
+def loss_windows(first, latest, ran):
+  """Each task's mean loss over its first and its last steps of a run, never overlapping.
+
+  Args:
+    first: {task: losses of its first steps, up to LOSS_WINDOW of them}.
+    latest: {task: losses of its last steps, up to LOSS_WINDOW of them}.
+    ran: {task: how many steps it ran}.
+
+  Returns:
+    {"first_mean_loss": {task: mean}, "last_mean_loss": {task: mean}, "loss_window": {task:
+    steps in each mean}}: LOSS_WINDOW steps each, or half the task's steps (rounded down) when
+    it ran fewer than twice that; tasks with fewer than 2 steps are left out.
+  """
+  result = {"first_mean_loss": {}, "last_mean_loss": {}, "loss_window": {}}
+  for name, count in ran.items():
+    k = min(LOSS_WINDOW, count // 2)
+    if k < 1:
+      continue
+    # With fewer than 2 * LOSS_WINDOW steps, `first` and `latest` hold every loss between them.
+    everything = (list(first[name]) + list(latest[name])[len(latest[name]) - (count - len(
+        first[name])):] if count < 2 * LOSS_WINDOW else None)
+    head = first[name][:k] if everything is None else everything[:k]
+    tail = list(latest[name])[-k:] if everything is None else everything[-k:]
+    result["first_mean_loss"][name] = float(np.mean(head))
+    result["last_mean_loss"][name] = float(np.mean(tail))
+    result["loss_window"][name] = k
+  return result
 
 
 def _unique_floats(variables):

@@ -85,3 +85,22 @@ def test_progress_lines_list_every_task_in_the_order_of_the_task_list(caplog, tm
   legend = [r.getMessage() for r in caplog.records
             if r.getMessage().startswith(("Progress lines:", "Tasks in progress lines:"))]
   assert len(legend) == 2 and all(_PREFIX + len(m) <= 160 for m in legend), legend
+
+
+def _windows(losses, window=training.LOSS_WINDOW):
+  """What the training loop keeps of a task's losses: its first and last `window`."""
+  return losses[:window], losses[-window:]
+
+
+def test_loss_windows_never_overlap():
+  # A task's losses 0, 1, 2, ...: the first and last means of n steps, computed by hand.
+  for n, k in [(1, 0), (2, 1), (3, 1), (7, 3), (25, 12), (39, 19), (40, 20), (100, 20)]:
+    losses = [float(i) for i in range(n)]
+    first, latest = _windows(losses)
+    result = training.loss_windows({"t": first}, {"t": latest}, {"t": n})
+    if k == 0:
+      assert result == {"first_mean_loss": {}, "last_mean_loss": {}, "loss_window": {}}
+      continue
+    assert result["loss_window"] == {"t": k}
+    assert result["first_mean_loss"]["t"] == (k - 1) / 2  # mean of 0 .. k-1
+    assert result["last_mean_loss"]["t"] == n - 1 - (k - 1) / 2  # mean of n-k .. n-1

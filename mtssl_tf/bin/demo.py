@@ -32,6 +32,9 @@ from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import toy
 
 FLAGS = flags.FLAGS
+# Each of a task's two loss means (start, end of the run) takes at least this many of its steps
+# before the demo judges whether the loss went down; fewer are noise.
+MIN_LOSS_WINDOW = 5
 flags.DEFINE_string("workdir", None, "Where to write the run and the export (default: a new "
                     "temporary directory).")
 flags.DEFINE_integer("num_steps", 800, "Global training steps (all tasks together).")
@@ -57,9 +60,14 @@ def main(argv):
         "trainable parameters")
   went_down = True
   for name in summary["task_steps"]:
+    k = summary["loss_window"].get(name, 0)
+    if k < MIN_LOSS_WINDOW:
+      print(f"[demo] {name:20s} too few steps in this run to tell whether its loss went down "
+            f"({2 * MIN_LOSS_WINDOW} of its steps needed)")
+      continue
     first, last = summary["first_mean_loss"][name], summary["last_mean_loss"][name]
     went_down &= last < first
-    print(f"[demo] {name:20s} loss {first:.4f} (first 20 steps) -> {last:.4f} (last 20)"
+    print(f"[demo] {name:20s} loss {first:.4f} (first {k} steps) -> {last:.4f} (last {k})"
           f"{'' if last < first else '   NOT LOWER'}")
   print(f"[demo] checkpoint: {summary['checkpoint']}; TensorBoard: "
         f"tensorboard --logdir={model_dir}")
