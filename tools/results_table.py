@@ -42,94 +42,18 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mtssl_tf import experiments
 from mtssl_tf import files
 
 FLAGS = flags.FLAGS
 
-# Display names of the rows, by experiment name (gin/experiments/<name>.gin), as the paper
-# writes them. `random` is the untrained trunk, `imagenet_supervised` the supervised ImageNet
-# ResNet-101 (gin/experiments/imagenet_supervised.gin, or slim's public checkpoint).
-ROW_NAMES = {
-    "rp": "Rel. Pos.",
-    "col": "Color",
-    "ex": "Exemplar",
-    "ms": "Motion Seg.",
-    "random": "Random Init",
-    "imagenet_supervised": "INet Labels",
-    "rp_col": "RP+Col",
-    "rp_ex": "RP+Ex",
-    "rp_ms": "RP+MS",
-    "rp_ex_col": "RP+Ex+Col",
-    "rp_col_ex_ms": "RP+Col+Ex+MS",
-    "rp_harmonized": "RP / H",
-    "rp_col_harmonized": "RP+Col / H",
-    "rp_col_ex_ms_lasso": "RP+Col+Ex+MS / Lasso",
-}
-
-# What a column shows: an evaluation's metric, and the factor that makes it a percentage
-# (top-k and mAP are written as fractions, NYU's delta as a percentage already).
-Column = collections.namedtuple("Column", ["header", "evaluation", "metric", "scale"])
-TOP1 = Column("ImageNet top-1", "imagenet_linear", "top1", 100.0)
-TOP5 = Column("ImageNet top-5", "imagenet_linear", "top5", 100.0)
-RECALL5 = Column("ImageNet Recall@5", "imagenet_linear", "top5", 100.0)
-VOC07 = Column("PASCAL VOC07 mAP", "voc_detection", "map50_voc07", 100.0)
-VOC = Column("PASCAL mAP", "voc_detection", "map50_voc07", 100.0)
-NYU = Column("NYU % < 1.25", "nyu_depth", "delta1_pct", 1.0)
-
-# The paper's numbers, in percent, by experiment and (evaluation, metric). Table 1 of Doersch &
-# Zisserman, "Multi-task Self-Supervised Visual Learning", ICCV 2017 (single tasks: ImageNet
-# frozen top-1 and top-5, VOC07 mAP, NYU % < 1.25); Table 2's RP+Col+Ex+MS row (recall@5, mAP,
-# NYU), which Table 4 says its "No Lasso" row equals; section 6.1's text for the ImageNet-labels
-# Faster-RCNN mAP ("74.2 for ours") and for the random ResNet's top-5 recall ("10.5% for ResNet").
-PAPER = {
-    "rp": {("imagenet_linear", "top1"): 36.2, ("imagenet_linear", "top5"): 59.2,
-           ("voc_detection", "map50_voc07"): 66.8, ("nyu_depth", "delta1_pct"): 80.6},
-    "col": {("imagenet_linear", "top1"): 39.6, ("imagenet_linear", "top5"): 62.5,
-            ("nyu_depth", "delta1_pct"): 76.8},
-    "ex": {("imagenet_linear", "top1"): 31.5, ("imagenet_linear", "top5"): 53.1,
-           ("nyu_depth", "delta1_pct"): 71.3},
-    "ms": {("imagenet_linear", "top1"): 27.6, ("imagenet_linear", "top5"): 48.3,
-           ("nyu_depth", "delta1_pct"): 74.2},
-    "rp_col_ex_ms": {("imagenet_linear", "top5"): 69.3, ("voc_detection", "map50_voc07"): 70.5,
-                     ("nyu_depth", "delta1_pct"): 79.3},
-    "imagenet_supervised": {("voc_detection", "map50_voc07"): 74.2},
-    "random": {("imagenet_linear", "top5"): 10.5},
-}
-
-# A table row: the experiment, whether its evaluations used the lasso, and its label there.
-TableRow = collections.namedtuple("TableRow", ["experiment", "eval_lasso", "label"])
-Table = collections.namedtuple("Table", ["title", "columns", "rows"])
-
-
-def _row(experiment, eval_lasso=False, label=None):
-  return TableRow(experiment, eval_lasso, label or ROW_NAMES[experiment])
-
-
-# The paper's tables: captions shortened, rows in the paper's order.
-TABLES = (
-    Table("Table 1. Individual self-supervised tasks (ImageNet: top-1 and top-5 with frozen "
-          "features; PASCAL VOC 2007 mAP and NYU depth with fine-tuning)",
-          (TOP1, TOP5, VOC07, NYU),
-          tuple(_row(e) for e in ("rp", "col", "ex", "ms", "random", "imagenet_supervised"))),
-    Table("Table 2. Combinations of self-supervised tasks (ImageNet: Recall@5; PASCAL: mAP; "
-          "NYU: % pixels below 1.25)",
-          (RECALL5, VOC, NYU),
-          (_row("rp", label="RP"),) + tuple(_row(e) for e in (
-              "rp_col", "rp_ex", "rp_ms", "rp_ex_col", "rp_col_ex_ms", "imagenet_supervised"))),
-    Table("Table 3. With and without harmonization (H: relative position on grayscale inputs)",
-          (RECALL5, VOC, NYU),
-          (_row("rp", label="RP"), _row("rp_harmonized"), _row("rp_col"),
-           _row("rp_col_harmonized"))),
-    Table("Table 4. With and without the lasso, all four tasks (\"No Lasso\" is Table 2's "
-          "RP+Col+Ex+MS)",
-          (RECALL5, VOC, NYU),
-          (_row("rp_col_ex_ms", False, "No Lasso"),
-           _row("rp_col_ex_ms", True, "Eval Only Lasso"),
-           _row("rp_col_ex_ms_lasso", False, "Pre-train Only Lasso"),
-           _row("rp_col_ex_ms_lasso", True, "Pre-train & Eval Lasso"))),
-)
+# The paper's rows, columns and numbers (mtssl_tf/experiments.py holds them, with each row's
+# gin file and commands); named here too for plot_curves.py and the tests.
+TOP1, TOP5, RECALL5 = experiments.TOP1, experiments.TOP5, experiments.RECALL5
+VOC07, VOC, NYU = experiments.VOC07, experiments.VOC, experiments.NYU
+ROW_NAMES, PAPER, TABLES = experiments.ROW_NAMES, experiments.PAPER, experiments.TABLES
 OTHER_COLUMNS = (TOP1, TOP5, VOC07, NYU)
-MISSING = "\u2014"  # An em dash, as in the paper.
+MISSING = experiments.MISSING
 _CKPT = re.compile(r"ckpt-(\d+)$")
 
 

@@ -6,6 +6,7 @@
   TF_CONFIG=... mtssl-train --gin_file=... --model_dir=gs://... --strategy=multi_worker
   mtssl-train --gin_file=experiments/rp.gin --model_dir=/runs/rp --precision=mixed_bfloat16 \
     --jit_compile                                     # GPUs: bf16 compute, XLA-compiled steps
+  mtssl-train --list_experiments    # the paper's Tables 1-4: gin files, commands, paper numbers
 
 Everything else is gin (MultiTaskTrainer.*, run_training.*, <task>/TaskSettings.*). Running it
 again with the same --model_dir resumes from the latest checkpoint, unless the configuration
@@ -34,6 +35,7 @@ from absl import logging
 import gin
 
 from mtssl_tf import dry_run
+from mtssl_tf import experiments
 from mtssl_tf import supervise
 from mtssl_tf import training
 
@@ -63,12 +65,18 @@ flags.DEFINE_integer("max_restarts", 0, "Start the worker again after a failure 
                      "by a signal, up to this many times; it resumes from the latest checkpoint.")
 flags.DEFINE_float("join_timeout", 600.0, "Seconds a worker of a multi-machine cluster (TF_CONFIG)"
                    " may wait for the others; then it fails naming the missing ones.")
+flags.DEFINE_bool("list_experiments", False, "Print every row of the paper's Tables 1-4 with its "
+                  "gin file, its training and evaluation commands and the paper's numbers, and "
+                  "exit.")
 common.define_gin_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.list_experiments:
+    print(experiments.text_listing())
+    return 0
   if not FLAGS.model_dir and not FLAGS.dry_run:
     raise app.UsageError("--model_dir is required.")
   if not FLAGS.gin_file:
