@@ -16,6 +16,9 @@ colorization's masking of grayscale images is exercised.
 
 import numpy as np
 
+# The toy classification set (labelled by object shape, not color) lives in toy_shapes.
+from mtssl_tf.data.toy_shapes import toy_classification  # pylint: disable=unused-import
+
 # Image i is grayscale when i % GRAYSCALE_EVERY == GRAYSCALE_EVERY - 1 (the 8th, 16th, ...).
 GRAYSCALE_EVERY = 8
 # ITU-R BT.601 luma weights, the ones tf.image.rgb_to_grayscale uses.
@@ -105,21 +108,3 @@ def make_toy_images(num_images=64, size=(160, 200), seed=0):
       image = np.repeat(image @ _LUMA[:, None], 3, axis=-1)
     images[i] = np.clip(np.round(image), 0, 255).astype(np.uint8)
   return images
-
-
-def toy_classification(num_images=128, size=(96, 112), num_classes=8, seed=0):
-  """The toy classification set: toy images, labelled by their mean hue's quadrant.
-
-  Returns:
-    dict of numpy arrays {"image": uint8 [N, H, W, 3], "label": int64 [N]}; grayscale toy
-    images (no hue) are left out.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  images = make_toy_images(num_images, size, seed)
-  hsv = tf.image.rgb_to_hsv(images.astype(np.float32) / 255.0).numpy()
-  colorful = hsv[..., 1].mean(axis=(1, 2)) > 0.05
-  # Circular mean of the hue, so that reds near 0 and 1 fall in one class.
-  angle = hsv[..., 0] * 2 * np.pi
-  mean = np.arctan2(np.sin(angle).mean(axis=(1, 2)), np.cos(angle).mean(axis=(1, 2)))
-  labels = (np.floor((mean % (2 * np.pi)) / (2 * np.pi) * num_classes)).astype(np.int64)
-  return {"image": images[colorful], "label": labels[colorful] % num_classes}

@@ -2,12 +2,13 @@
 
 The PASCAL VOC detection evaluation (paper section 5) trains Faster R-CNN on images with boxed,
 classified objects. Tests and the demo need such data without a download, and a detector must
-be able to learn it in a few hundred CPU steps, so the class of an object is visible both in
-its outline and in its color:
+be able to learn it in a few hundred CPU steps. VOC's classes are told apart by form, not by
+hue, and the pretext tasks are built to ignore color (paper sections 3.1-3.2), so the class of
+a toy object is visible in its outline only:
 
-  * class c is drawn as shape `SHAPES[c % 3]` (rectangle, ellipse, upright triangle) in hue
-    c / num_classes (jittered by +-0.03, saturation 0.6-1, value 0.6-1), with a stripe texture
-    of its own;
+  * class c is drawn as shape `SHAPES[c % 3]` (rectangle, ellipse, upright triangle) in a color
+    drawn independently of the class (a uniform hue, saturation 0.6-1, value 0.6-1), with a
+    stripe texture of its own;
   * the background is a low-saturation gradient with stripes, and every pixel gets noise;
   * each scene has 1 to `max_objects` objects, 20-50% of the image height, that never overlap
     (placements that would are redrawn, and dropped after 20 tries), so every box is fully
@@ -103,8 +104,7 @@ def make_scenes(num_scenes=256, size=SIZE, num_classes=NUM_CLASSES, max_objects=
       rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
       if not rows.size:
         continue
-      color = _hsv_color(label / num_classes + rng.uniform(-0.03, 0.03), rng.uniform(0.6, 1.0),
-                         rng.uniform(0.6, 1.0))
+      color = _hsv_color(rng.uniform(), rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
       image = np.where(mask[..., None], color + _stripes(rng, yy, xx, 20.0), image)
       k = len(placed)
       placed.append((top, left, top + box_h, left + box_w))

@@ -34,7 +34,8 @@ depend on the trunk's feature scale.
 
 Data: TFDS `imagenet2012` (manual download), or any TFDS classification dataset with 'image'
 and 'label' features (`imagenet_linear.dataset`), or a built-in toy set (`"toy"`: toy images
-labelled by the hue of their background gradient, for the demo and tests).
+one object each, labelled by its shape, its color drawn independently of the class:
+`mtssl_tf.data.toy_shapes`, for the demo and tests).
 """
 
 import gin

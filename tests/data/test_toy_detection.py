@@ -1,5 +1,7 @@
 """Tests of the toy detection scenes: boxes are the drawn shapes, classes in range, determinism."""
 
+import colorsys
+
 import numpy as np
 import tensorflow as tf
 
@@ -53,3 +55,19 @@ def test_to_voc_example_keeps_the_scene_objects_in_tf_data():
     np.testing.assert_array_equal(example["objects"]["bbox"], scenes["bbox"][n, :count])
     np.testing.assert_array_equal(example["objects"]["label"], scenes["label"][n, :count])
     np.testing.assert_array_equal(example["objects"]["is_difficult"], [False] * count)
+
+
+def test_color_says_nothing_of_the_class():
+  # Each class's objects take hues all around the circle: the mean of their hue angles' unit
+  # vectors is short (hues within +-0.03 of one value per class would give about 1).
+  scenes = toy_detection.make_scenes(num_scenes=60, size=(64, 64), seed=2)
+  hues = {c: [] for c in range(toy_detection.NUM_CLASSES)}
+  for n, count in enumerate(scenes["num_objects"]):
+    for box, label in zip(scenes["bbox"][n, :count], scenes["label"][n, :count]):
+      cy, cx = int((box[0] + box[2]) / 2 * 64), int((box[1] + box[3]) / 2 * 64)
+      rgb = scenes["image"][n, cy, cx].astype(float) / 255.0
+      hues[label].append(colorsys.rgb_to_hsv(*rgb)[0])
+  for label, values in hues.items():
+    angles = 2 * np.pi * np.array(values)
+    assert len(values) >= 10
+    assert np.hypot(np.cos(angles).mean(), np.sin(angles).mean()) < 0.5, label
