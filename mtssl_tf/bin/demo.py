@@ -4,15 +4,18 @@ Pretrains the small trunk on all four pretext tasks together (gin/experiments/de
 images for relative position, colorization and exemplar, toy videos for motion segmentation)
 with the multi-task loop that `mtssl-train` runs, colorization rebalanced with the ab prior of
 the same toy images (computed first, into the work directory); then exports the trunk as a
-SavedModel with the code of `mtssl-export`, reloads it and checks it against the trained trunk,
-and finally runs the evaluations at toy scale (`mtssl-evaluate`'s code) on the pretrained trunk
-and on a random one and prints them side by side. It prints what it ran, each task's loss at
-the start and at the end, and where everything was written. About 12 minutes on 2 CPU cores
-(detection evaluations take most of it)."""
+SavedModel with the code of `mtssl-export`, reloads it and checks it against the trained trunk.
+It prints each task's loss at the start and at the end of pretraining, and each task's score on
+held-out toy data against chance (`pretext_held_out`). Finally it runs the three evaluations at
+toy scale (`mtssl-evaluate`'s code; toy data in mtssl_tf/data/toy_shapes.py, toy_depth.py and
+toy_detection.py) on the pretrained trunk and on a random one (paper Table 2's "Random Init"
+row), with the identical protocol and `--eval_seeds` seeds each, and prints them side by side
+with their difference and whether it exceeds the spread between seeds (`compare`)."""
 
 # First: it quiets TensorFlow's start-up, which has to happen before TensorFlow is imported.
 from mtssl_tf.bin import common  # pylint: disable=g-bad-import-order
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -21,8 +24,10 @@ import time
 from absl import flags
 from absl import logging
 import gin
+import numpy as np
 import tensorflow as tf
 
+from mtssl_tf import color
 from mtssl_tf import color_prior
 from mtssl_tf import evaluation
 from mtssl_tf import export as export_lib
@@ -30,6 +35,7 @@ from mtssl_tf import input_convention
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import toy
+from mtssl_tf.tasks import base as tasks_base
 
 FLAGS = flags.FLAGS
 # Each of a task's two loss means (start, end of the run) takes at least this many of its steps
@@ -40,6 +46,9 @@ flags.DEFINE_string("workdir", None, "Where to write the run and the export (def
 flags.DEFINE_integer("num_steps", 800, "Global training steps (all tasks together).")
 flags.DEFINE_list("evals", None, "Evaluations to run after pretraining (default: every "
                   "registered one); empty to skip.")
+flags.DEFINE_integer("eval_seeds", 2, "Seeds of each evaluation (0, 1, ...), for each trunk: "
+                     "with two or more, the table says whether the difference exceeds the "
+                     "spread between seeds.")
 common.define_gin_flags()
 
 
@@ -87,7 +96,9 @@ def main(argv):
     sys.exit("[demo] FAILED: the SavedModel does not reproduce the trained trunk.")
   if not went_down:
     sys.exit("[demo] FAILED: a task's loss did not go down.")
-  run_evaluations(summary["checkpoint"], os.path.join(workdir, "results"))
+  print_held_out(pretext_held_out(trainer))
+  run_evaluations(summary["checkpoint"], os.path.join(workdir, "results"),
+                  seeds=list(range(FLAGS.eval_seeds)))
   print("[demo] OK")
 
 
@@ -108,30 +119,180 @@ def bind_color_prior(workdir):
         f"{summary['source']['source']} images in {time.time() - start:.1f} s: {path}")
 
 
-# What the table shows of each evaluation's metrics.
-_HEADLINE = {"imagenet_linear": ("top1", "top5"), "nyu_depth": ("delta1_pct", "rmse"),
-             "voc_detection": ("map50_voc07", "map50_area")}
+# The held-out toy data: the toy image and video sources drawn with another seed than the
+# pretraining's (sources.image_dataset's and motion_dataset's default, 0), and how many batches
+# of each task's input pipeline are scored.
+HELD_OUT_SEED = 1
+HELD_OUT_BATCHES = 8
 
 
-def run_evaluations(checkpoint, output_dir):
-  """Evaluates the pretrained checkpoint and a random trunk; prints a table."""
+@contextlib.contextmanager
+def _bound(bindings):
+  """Gin bindings {name: value} in force inside, the previous ones restored after."""
+  saved = {}
+  with gin.unlock_config():
+    for name, value in bindings.items():
+      try:
+        saved[name] = gin.query_parameter(name)
+      except ValueError:
+        saved[name] = None
+      gin.bind_parameter(name, value)
+  try:
+    yield
+  finally:
+    with gin.unlock_config():
+      for name, value in saved.items():
+        gin.bind_parameter(name, value)
+
+
+def _chance(name, batches):
+  """(metric, chance level, what chance is) of a task's held-out score, from its batches.
+
+  Args:
+    name: the task.
+    batches: list of (features, metrics) dicts of numpy values, one per scored batch.
+  """
+  if name == "relative_position":
+    return "accuracy", 1 / 8, "1 of 8 positions"
+  if name == "exemplar":
+    return "triplet_accuracy", 0.5, "anchor nearer its positive than the negative by chance"
+  if name == "colorization":
+    # A constant answer at best: the most frequent ab bin of the held-out color cells.
+    counts = np.zeros(color.NUM_BINS)
+    for features, _ in batches:
+      bins = np.argmax(color.soft_encode(features["colorization/ab_target"]), -1)
+      has_color = features["colorization/has_color"].astype(bool)
+      counts += np.bincount(bins[has_color].ravel(), minlength=color.NUM_BINS)
+    return "accuracy", counts.max() / max(counts.sum(), 1), "most frequent ab bin everywhere"
+  if name == "motion_segmentation":
+    moving = np.mean([m["moving_fraction"] for _, m in batches])
+    return "accuracy", max(moving, 1 - moving), "majority class (moving or not) everywhere"
+  return None, None, None
+
+
+def pretext_held_out(trainer, batches=HELD_OUT_BATCHES):
+  """Each pretext task's score on held-out toy data against chance, after pretraining.
+
+  The tasks' own input pipelines and metrics (relative position's 8-way accuracy, colorization's
+  ab-bin accuracy, exemplar's triplet accuracy, motion segmentation's pixel accuracy) over
+  `batches` batches of toy images and clips drawn with `HELD_OUT_SEED`, none of which the
+  pretraining saw. Batch norm uses each batch's statistics, as in pretraining: the trunk's
+  moving averages blend four tasks' inputs (paper section 3.1 trains each task on its own
+  inputs). No weight changes; the trunk's moving statistics do, so run it after saving.
+
+  Returns:
+    {task: dict(metric=..., value=..., chance=..., chance_is=...)}.
+  """
+  out = {}
+  with _bound({"image_dataset.seed": HELD_OUT_SEED, "motion_dataset.seed": HELD_OUT_SEED}):
+    for name, task in trainer.tasks.items():
+      scored = []
+      forward = tf.function(lambda f, task=task: task.model_fn(f, tasks_base.Mode.TRAIN).metrics)
+      for features in task.input_fn(None).take(batches):
+        metrics = forward(features)
+        scored.append((tf.nest.map_structure(np.asarray, features),
+                       {k: float(v) for k, v in metrics.items()}))
+      metric, chance, chance_is = _chance(name, scored)
+      if metric is None:
+        continue
+      out[name] = dict(metric=metric, value=float(np.mean([m[metric] for _, m in scored])),
+                       chance=chance, chance_is=chance_is)
+  return out
+
+
+def print_held_out(scores):
+  for name, score in scores.items():
+    print(f"[demo] {name:20s} held-out {score['metric']} {score['value']:.3f} vs chance "
+          f"{score['chance']:.3f} ({score['chance_is']})")
+
+
+# Each evaluation's headline metric (higher is better for each) and the others it shows.
+HEADLINE = {"imagenet_linear": ("top1", "top5"), "nyu_depth": ("delta1_pct", "rmse"),
+            "voc_detection": ("map50_voc07", "map50_area")}
+TRUNKS = ("pretrained", "random init")
+
+
+def compare(values):
+  """Pretrained against random init for one metric, over seeds.
+
+  Args:
+    values: {"pretrained": [one value per seed], "random init": [...]}, the same seeds in the
+      same order.
+
+  Returns:
+    dict: "pretrained" and "random" (means over seeds), "difference" (pretrained - random),
+    "noise" (the larger spread, max - min over seeds, of the two trunks; None with one seed)
+    and "verdict": "ahead" (the difference exceeds the noise), "behind" (it is below minus the
+    noise), "within noise", or "one seed" (no noise to compare with).
+  """
+  pretrained, random = np.asarray(values[TRUNKS[0]]), np.asarray(values[TRUNKS[1]])
+  difference = float(pretrained.mean() - random.mean())
+  noise = None
+  if len(pretrained) > 1:
+    noise = float(max(np.ptp(pretrained), np.ptp(random)))
+  if noise is None:
+    verdict = "one seed"
+  elif difference > noise:
+    verdict = "ahead"
+  elif difference < -noise:
+    verdict = "behind"
+  else:
+    verdict = "within noise"
+  return dict(pretrained=float(pretrained.mean()), random=float(random.mean()),
+              difference=difference, noise=noise, verdict=verdict)
+
+
+def format_comparison(name, metric, values, result):
+  """One table line: evaluation, metric, each trunk's values over seeds, difference, noise."""
+  each = lambda vs: "/".join(f"{v:.3f}" for v in vs)
+  noise = "n/a" if result["noise"] is None else f"{result['noise']:.3f}"
+  return (f"{name:16s} {metric:12s} {each(values[TRUNKS[0]]):>17s} "
+          f"{each(values[TRUNKS[1]]):>17s} {result['difference']:+9.3f} {noise:>7s}  "
+          f"{result['verdict']}")
+
+
+def run_evaluations(checkpoint, output_dir, seeds):
+  """Evaluates the pretrained checkpoint and a random trunk with each seed; prints a table.
+
+  Both trunks get the identical protocol (the evaluation's settings in demo.gin) and the same
+  seeds; each seed's results go to `output_dir`/seed<seed>.
+
+  Returns:
+    {evaluation: `compare` result of its headline metric}.
+  """
   from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
   names = evals_base.registered() if FLAGS.evals is None else FLAGS.evals
-  rows = []
+  values, start_all = {}, time.time()
+  if not names:
+    return {}
   for name in names:
-    for label, kwargs in (("pretrained", dict(checkpoint=checkpoint)),
-                          ("random init", dict(init="random"))):
-      start = time.time()
-      results = evaluation.evaluate(name, output_dir, **kwargs)
-      metrics = results["metrics"]
-      shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in _HEADLINE.get(name, ())
-                        if isinstance(metrics.get(k), (int, float)))
-      rows.append((name, label, shown, time.time() - start))
-      print(f"[demo] {name} ({label}): {shown} [{time.time() - start:.0f} s]")
-  print(f"[demo] evaluations at toy scale (results JSON in {output_dir}):")
-  print(f"[demo] {'evaluation':16s} {'trunk':12s} metrics")
-  for name, label, shown, _ in rows:
-    print(f"[demo] {name:16s} {label:12s} {shown}")
+    values[name] = {k: {t: [] for t in TRUNKS} for k in HEADLINE.get(name, ())}
+    for seed in seeds:
+      for trunk, kwargs in zip(TRUNKS, (dict(checkpoint=checkpoint), dict(init="random"))):
+        start = time.time()
+        results = evaluation.evaluate(name, os.path.join(output_dir, f"seed{seed}"), seed=seed,
+                                      **kwargs)
+        metrics = results["metrics"]
+        for key in values[name]:
+          values[name][key][trunk].append(float(metrics[key]))
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in values[name])
+        print(f"[demo] {name} ({trunk}, seed {seed}): {shown} [{time.time() - start:.0f} s]")
+  print(f"[demo] evaluations at toy scale, {len(seeds)} seed(s) each, in "
+        f"{time.time() - start_all:.0f} s (results JSON in {output_dir}):")
+  print(f"[demo] {'evaluation':16s} {'metric':12s} {'pretrained':>17s} {'random init':>17s} "
+        f"{'pre-rand':>9s} {'noise':>7s}  pretrained is")
+  outcome = {}
+  for name, metrics in values.items():
+    for i, (metric, by_trunk) in enumerate(metrics.items()):
+      result = compare(by_trunk)
+      if metric == "rmse":  # lower is better: the verdict is the headline's
+        result["verdict"] = ""
+      if i == 0:
+        outcome[name] = result
+      print(f"[demo] {format_comparison(name, metric, by_trunk, result)}")
+  print("[demo] noise: the larger spread (max - min) of one trunk's results over the seeds; "
+        "rmse: lower is better")
+  return outcome
 
 
 def run():
