@@ -54,3 +54,18 @@ def test_chance_of_colorization_is_the_most_frequent_bin():
               "colorization/has_color": np.array([1.0, 0.0], np.float32)}
   metric, chance, _ = demo._chance("colorization", [(features, {})])
   assert metric == "accuracy" and chance == pytest.approx(0.75)
+
+
+def test_explain_names_each_evaluation_pretraining_did_not_lift():
+  outcome = {"imagenet_linear": demo.compare({"pretrained": [0.3, 0.32],
+                                              "random init": [0.2, 0.21]}),
+             "nyu_depth": demo.compare({"pretrained": [60.0, 66.0],
+                                        "random init": [64.0, 65.0]})}
+  held_out = {"relative_position": dict(metric="accuracy", value=0.17, chance=0.125,
+                                        chance_is="")}
+  lines = demo.explain(outcome, held_out, {"relative_position": 200})
+  assert len(lines) == 1
+  assert lines[0].startswith("nyu_depth: pretrained within noise (difference -1.500, spread "
+                             "between seeds 6.000)")
+  assert "200 steps per task" in lines[0] and "relative_position 0.170 vs 0.125" in lines[0]
+  assert "fine-tuning the whole trunk" in lines[0]

@@ -96,9 +96,12 @@ def main(argv):
     sys.exit("[demo] FAILED: the SavedModel does not reproduce the trained trunk.")
   if not went_down:
     sys.exit("[demo] FAILED: a task's loss did not go down.")
-  print_held_out(pretext_held_out(trainer))
-  run_evaluations(summary["checkpoint"], os.path.join(workdir, "results"),
-                  seeds=list(range(FLAGS.eval_seeds)))
+  held_out = pretext_held_out(trainer)
+  print_held_out(held_out)
+  outcome = run_evaluations(summary["checkpoint"], os.path.join(workdir, "results"),
+                            seeds=list(range(FLAGS.eval_seeds)))
+  for line in explain(outcome, held_out, summary["task_steps"]):
+    print(f"[demo] {line}")
   print("[demo] OK")
 
 
@@ -293,6 +296,35 @@ def run_evaluations(checkpoint, output_dir, seeds):
   print("[demo] noise: the larger spread (max - min) of one trunk's results over the seeds; "
         "rmse: lower is better")
   return outcome
+
+
+def explain(outcome, held_out, task_steps):
+  """Lines saying, with numbers, why pretraining did not pull ahead on an evaluation.
+
+  Args:
+    outcome: `run_evaluations`'s {evaluation: `compare` result}.
+    held_out: `pretext_held_out`'s scores.
+    task_steps: {task: pretraining steps}.
+
+  Returns:
+    One line per evaluation whose verdict is not "ahead" (none when all are).
+  """
+  from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
+  margins = ", ".join(f"{n} {s['value']:.3f} vs {s['chance']:.3f}" for n, s in held_out.items())
+  steps = ", ".join(str(v) for v in sorted(set(task_steps.values())))
+  lines = []
+  for name, result in outcome.items():
+    if result["verdict"] == "ahead":
+      continue
+    how = ("fine-tuning the whole trunk from either start" if evals_base.get(name).fine_tunes_trunk
+           else "the linear probe on the frozen trunk")
+    noise = "one seed, no noise estimate" if result["noise"] is None else (
+        f"spread between seeds {result['noise']:.3f}")
+    lines.append(
+        f"{name}: pretrained {result['verdict']} (difference {result['difference']:+.3f}, "
+        f"{noise}). At toy scale pretraining is short ({steps} steps per task) and its held-out "
+        f"scores are close to chance ({margins}): little for {how} to build on.")
+  return lines
 
 
 def run():

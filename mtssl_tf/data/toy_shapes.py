@@ -103,7 +103,7 @@ def _image(rng, label, height, width, yy, xx):
   return image + rng.normal(0.0, _NOISE_STD, size=image.shape)
 
 
-def toy_classification(num_images=512, size=(96, 112), num_classes=len(SHAPES), seed=0):
+def toy_classification(num_images=128, size=(96, 112), num_classes=len(SHAPES), seed=0):
   """The toy classification set (see the module docstring); the same arguments, the same set.
 
   Args:

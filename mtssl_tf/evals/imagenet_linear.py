@@ -162,7 +162,7 @@ class ImagenetLinear(base.Evaluation):
 
   def __init__(self, trunk, dataset="imagenet2012", train_split="train",
                eval_split="validation", num_classes=None, batch_size=256, crop_size=224,
-               shuffle_buffer=1024, normalize_features=True):
+               shuffle_buffer=1024, normalize_features=True, num_toy_images=128):
     """Creates the linear layer.
 
     Args:
@@ -176,6 +176,7 @@ class ImagenetLinear(base.Evaluation):
       crop_size: crop side.
       shuffle_buffer: training examples in the shuffle buffer.
       normalize_features: standardize the pooled features (batch norm, no scale or offset).
+      num_toy_images: images of each split of the "toy" set.
     """
     super().__init__(trunk)
     self.dataset = dataset
@@ -184,6 +185,7 @@ class ImagenetLinear(base.Evaluation):
     self.batch_size = batch_size
     self.crop_size = crop_size
     self.shuffle_buffer = shuffle_buffer
+    self.num_toy_images = num_toy_images
     if num_classes is None:
       num_classes = 8 if dataset == "toy" else None
     self.num_classes = num_classes
@@ -195,7 +197,8 @@ class ImagenetLinear(base.Evaluation):
     self.classifier = None  # made once num_classes is known (from the dataset's info)
 
   def toy_data(self, training):
-    return toy_classification(num_classes=self.num_classes, seed=0 if training else 1)
+    return toy_classification(num_images=self.num_toy_images, num_classes=self.num_classes,
+                              seed=0 if training else 1)
 
   def dataset_info(self, info):
     if self.num_classes is None:
