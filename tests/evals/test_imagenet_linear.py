@@ -15,6 +15,7 @@ from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
 from mtssl_tf.data import sources
+from mtssl_tf.data import toy_shapes
 from mtssl_tf.evals import base
 from mtssl_tf.evals import imagenet_linear
 
@@ -151,11 +152,13 @@ def test_eval_lasso_trains_alpha_and_leaves_the_trunk_without_gradient():
   assert all(g is None for g in grads[1:])
 
 
-def test_toy_classification_labels_follow_hue():
+def test_toy_classification_is_the_shape_set():
+  # The evaluation reads the shape-labelled toy set: every image kept, classes balanced.
   data = imagenet_linear.toy_classification(num_images=32, num_classes=4)
-  assert data["image"].shape[1:] == (96, 112, 3)
-  assert set(np.unique(data["label"])) <= {0, 1, 2, 3} and len(np.unique(data["label"])) >= 2
-  assert len(data["image"]) == 28  # the 4 grayscale toy images have no hue: left out
+  assert data["image"].shape == (32, 96, 112, 3)
+  np.testing.assert_array_equal(np.bincount(data["label"], minlength=4), [8, 8, 8, 8])
+  expected = toy_shapes.toy_classification(num_images=32, num_classes=4)
+  np.testing.assert_array_equal(data["image"], expected["image"])
 
 
 def test_probe_trains_no_trunk_weight_and_writes_results(tmp_path):
