@@ -4,6 +4,8 @@ strategies, errors."""
 import collections
 import dataclasses
 import glob
+import shutil
+import types
 
 import gin
 import numpy as np
@@ -11,7 +13,9 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf import training
+from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
+from mtssl_tf.tasks import base
 
 # A tiny configuration: the small trunk, small inputs, toy data.
 TINY = [
@@ -56,16 +60,26 @@ def _bind(*bindings):
     gin.parse_config(list(bindings))
 
 
-def _fixed_batches(trainer_tasks, seed=0):
+def _tasks(names):
+  """{name: task} built as the trainer builds them (each in its gin scope, on one trunk), without
+  a trainer's variables, optimizers and checkpoint: for drawing batches from their pipelines."""
+  trunk = trunk_lib.Trunk()
+  tasks = {}
+  for name in names:
+    with gin.config_scope(name):
+      tasks[name] = base.get(name)(trunk)
+  return tasks
+
+
+def _fixed_batches(names):
   """{task: input_fn} giving the same batch (drawn once from the task's pipeline) every step."""
   fns = {}
-  for name, task in trainer_tasks.items():
+  for name, task in _tasks(names).items():
     # A colorization batch of only grayscale images has no loss at all: draw another.
     batch = next(b for b in task.input_fn()
                  if not ("colorization/has_color" in b and
                          not bool(tf.reduce_any(b["colorization/has_color"]))))
     fns[name] = (lambda b: lambda ctx: tf.data.Dataset.from_tensors(b).repeat())(batch)
-  del seed
   return fns
 
 
@@ -82,100 +96,168 @@ def test_schedule_is_weighted_deterministic_round_robin():
   assert training.next_task([3, 1], [1.0, 1.0]) == training.next_task([3, 1], [1.0, 1.0]) == 1
 
 
-def test_slots_change_only_on_apply_steps_and_accumulators_empty_after_apply(tmp_path):
-  _bind("exemplar/TaskSettings.accumulation_steps = 3")
-  trainer = training.MultiTaskTrainer(str(tmp_path), tasks=["relative_position", "exemplar"])
+# One run shared by the tests of accumulation, compute accounting, summaries and resuming:
+# relative position (3 units of compute a step) and exemplar (1 unit, applying every 3rd of its
+# steps) alternate, rp at odd global steps, with the lasso, on fixed batches.
+RUN_TASKS = ["relative_position", "exemplar"]
+RUN = [
+    "exemplar/TaskSettings.accumulation_steps = 3",
+    "MultiTaskTrainer.use_lasso = True",
+    "relative_position/TaskSettings.cost_per_step = 3.0",
+    "exemplar/TaskSettings.cost_per_step = 1.0",
+    "MultiTaskTrainer.checkpoint_every_compute = 5.0",
+    "MultiTaskTrainer.summary_every_steps = 2",
+    "MultiTaskTrainer.max_checkpoints_to_keep = 20",
+]
+# Global steps 1-8 one `train` call each; then one call up to this much compute.
+RUN_STEPS, RUN_MAX_COMPUTE = 8, 28.0
+
+
+def _summaries(model_dir):
+  """{tag: {step: value}} of the scalars (None for other summaries) in model_dir/train."""
+  written = collections.defaultdict(dict)
+  for path in glob.glob(str(model_dir / "train" / "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        number = (float(tf.make_ndarray(value.tensor)) if value.metadata.plugin_data.plugin_name
+                  == "scalars" else None)
+        written[value.tag][event.step] = number
+  return written
+
+
+def _checkpoint_steps(model_dir):
+  return sorted(int(p.split("-")[-1].split(".")[0])
+                for p in glob.glob(str(model_dir / "ckpt-*.index")))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """The shared run (`RUN`), built and trained once for the module's tests.
+
+  Returns a namespace: input_fns, model_dir, steps ({global step 1-8: what changed at it}),
+  states ({3 and 6: the state after that step}), at_step_3 (a copy of the model directory after
+  step 3), summaries (written by step 8), checkpoints (after step 8) and compute_summary (the
+  summary of the call up to RUN_MAX_COMPUTE).
+  """
+  gin.clear_config()
+  common.parse_gin([], TINY + RUN)
+  root = tmp_path_factory.mktemp("run")
+  model_dir = root / "run"
+  input_fns = _fixed_batches(RUN_TASKS)
+  trainer = training.MultiTaskTrainer(str(model_dir), tasks=RUN_TASKS, input_fns=input_fns)
   ex_opt, rp_opt = trainer.optimizers["exemplar"], trainer.optimizers["relative_position"]
   accumulators = trainer.accumulators["exemplar"]
-  assert len(accumulators) == len(trainer.var_lists["exemplar"])
-  assert not trainer.accumulators["relative_position"]
   snapshot = lambda opt: [v.numpy().copy() for v in opt.variables]
   ex_before, rp_before = snapshot(ex_opt), snapshot(rp_opt)
-  for step in range(1, 7):  # tasks alternate: rp, ex, rp, ex, rp, ex
-    trainer.train(num_steps=step)
+  steps, states = {}, {}
+  for step in range(1, RUN_STEPS + 1):
+    summary = trainer.train(num_steps=step, save_at_end=False)
     ex_after, rp_after = snapshot(ex_opt), snapshot(rp_opt)
-    ex_changed = any(not np.array_equal(a, b) for a, b in zip(ex_before, ex_after))
-    rp_changed = any(not np.array_equal(a, b) for a, b in zip(rp_before, rp_after))
-    ex_steps = int(trainer.task_steps["exemplar"])
-    accumulated = sum(float(tf.reduce_sum(tf.abs(a))) for a in accumulators)
-    if step % 2 == 1:  # relative position's step: applies every step (accumulation 1)
-      assert rp_changed and not ex_changed
-    elif ex_steps % 3 == 0:  # exemplar's apply step
-      assert ex_changed and not rp_changed
-      assert accumulated == 0.0
-    else:  # exemplar accumulates
-      assert not ex_changed and not rp_changed
-      assert accumulated > 0.0
+    steps[step] = {
+        "ex_changed": any(not np.array_equal(a, b) for a, b in zip(ex_before, ex_after)),
+        "rp_changed": any(not np.array_equal(a, b) for a, b in zip(rp_before, rp_after)),
+        "ex_steps": int(trainer.task_steps["exemplar"]),
+        "accumulated": sum(float(tf.reduce_sum(tf.abs(a))) for a in accumulators),
+        "iterations": (int(ex_opt.iterations), int(rp_opt.iterations)),
+        "loss": summary["last_loss"][RUN_TASKS[(step - 1) % 2]],
+    }
     ex_before, rp_before = ex_after, rp_after
-  assert int(ex_opt.iterations) == 1 and int(rp_opt.iterations) == 3
+    if step in (3, 6):
+      states[step] = {"accumulators": [a.numpy() for a in accumulators],
+                      "rp_optimizer": snapshot(rp_opt),
+                      "lasso": trainer.lasso.matrix().numpy(),
+                      "trunk": [v.numpy() for v in trainer.trunk.trainable_variables]}
+    if step == 3:
+      shutil.copytree(model_dir, root / "at_step_3")
+  summaries = _summaries(model_dir)
+  checkpoints = _checkpoint_steps(model_dir)
+  compute_summary = dict(trainer.train(max_compute=RUN_MAX_COMPUTE),
+                         compute_used=float(trainer.compute_used))
+  gin.clear_config()
+  return types.SimpleNamespace(
+      trainer=trainer, input_fns=input_fns, model_dir=model_dir, steps=steps, states=states,
+      at_step_3=root / "at_step_3", summaries=summaries, checkpoints=checkpoints,
+      compute_summary=compute_summary)
+
+
+@pytest.mark.xdist_group("test_training_run")
+def test_slots_change_only_on_apply_steps_and_accumulators_empty_after_apply(run):
+  trainer = run.trainer
+  assert len(trainer.accumulators["exemplar"]) == len(trainer.var_lists["exemplar"])
+  assert not trainer.accumulators["relative_position"]
+  for step in range(1, 7):  # tasks alternate: rp, ex, rp, ex, rp, ex
+    done = run.steps[step]
+    if step % 2 == 1:  # relative position's step: applies every step (accumulation 1)
+      assert done["rp_changed"] and not done["ex_changed"], step
+    elif done["ex_steps"] % 3 == 0:  # exemplar's apply step
+      assert done["ex_changed"] and not done["rp_changed"], step
+      assert done["accumulated"] == 0.0
+    else:  # exemplar accumulates
+      assert not done["ex_changed"] and not done["rp_changed"], step
+      assert done["accumulated"] > 0.0
+  assert run.steps[6]["iterations"] == (1, 3)
 
 
 def test_a_short_multi_task_run_lowers_every_loss(tmp_path):
   # The demo's rate for the small trunk (experiments/demo.gin).
   _bind("TaskSettings.learning_rate = 3e-4")
   names = ["relative_position", "colorization", "exemplar", "motion_segmentation"]
-  probe = training.MultiTaskTrainer(str(tmp_path / "probe"), tasks=names)
-  fns = _fixed_batches(probe.tasks)
+  fns = _fixed_batches(names)
   trainer = training.MultiTaskTrainer(str(tmp_path / "run"), tasks=names, input_fns=fns)
-  summary = trainer.train(num_steps=160)
-  assert summary["task_steps"] == {n: 40 for n in names}
+  # 30 steps each: the mean losses of each task's first and last 15 (colorization's, the
+  # slowest, drop to ~0.92 of the first).
+  summary = trainer.train(num_steps=120)
+  assert summary["task_steps"] == {n: 30 for n in names}
   for name in names:
     assert summary["last_mean_loss"][name] < 0.95 * summary["first_mean_loss"][name], name
 
 
-def test_compute_accounting_checkpoints_and_operative_config(tmp_path):
-  _bind("relative_position/TaskSettings.cost_per_step = 3.0",
-        "exemplar/TaskSettings.cost_per_step = 1.0",
-        "MultiTaskTrainer.checkpoint_every_compute = 5.0", "MultiTaskTrainer.summary_every_steps = 1")
-  trainer = training.MultiTaskTrainer(str(tmp_path), tasks=["relative_position", "exemplar"],
-                             max_checkpoints_to_keep=20)
-  summary = trainer.train(max_compute=12.0)
-  # Steps alternate rp (3), ex (1): compute 3, 4, 7, 8, 11, 12 -> crosses 5 at step 3, 10 at
-  # step 5; stops at 12 (step 6), where the final checkpoint is written.
-  assert summary["step"] == 6 and float(trainer.compute_used) == 12.0
-  steps = sorted(int(p.split("-")[-1].split(".")[0])
-                 for p in glob.glob(str(tmp_path / "ckpt-*.index")))
-  assert steps == [3, 5, 6]
-  config = (tmp_path / "operative_config.gin").read_text()
+@pytest.mark.xdist_group("test_training_run")
+def test_compute_accounting_checkpoints_and_operative_config(run):
+  # Steps alternate rp (3), ex (1): compute 3, 4, 7, 8, 11, 12, 15, 16 over steps 1-8 (one call
+  # each): crosses 5 at step 3, 10 at step 5, 15 at step 7.
+  assert run.checkpoints == [3, 5, 7]
+  # Then one call: 19, 20, 23, 24, 27, 28 -> crosses 20 at step 10, 25 at step 13; stops at 28
+  # (step 14), where the final checkpoint is written.
+  assert run.compute_summary["step"] == 14 and run.compute_summary["compute_used"] == 28.0
+  assert _checkpoint_steps(run.model_dir) == [3, 5, 7, 10, 13, 14]
+  config = (run.model_dir / "operative_config.gin").read_text()
   assert "Trunk.depth = 26" in config and "TaskSettings.cost_per_step = 3.0" in config
-  events = glob.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
-  tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+  tags = set(_summaries(run.model_dir))
   assert {"relative_position/loss", "exemplar/triplet_accuracy", "exemplar/learning_rate",
           "steps_per_sec"} <= tags
   assert any(tag.startswith("operative_config") for tag in tags)
 
 
-def test_resume_restores_step_counters_slots_and_lasso(tmp_path):
-  _bind("exemplar/TaskSettings.accumulation_steps = 2", "MultiTaskTrainer.use_lasso = True")
-  names = ["relative_position", "exemplar"]
+@pytest.mark.xdist_group("test_training_run")
+def test_resume_restores_step_counters_slots_and_lasso(run):
+  _bind(*RUN)
   # Fixed batches: the input pipelines' positions are not checkpointed (after a resume the
   # data order differs), so only fixed inputs let the two runs be compared step by step.
-  fns = _fixed_batches(training.MultiTaskTrainer(str(tmp_path / "probe"), tasks=names).tasks)
-  first = training.MultiTaskTrainer(str(tmp_path), tasks=names, input_fns=fns)
-  first.train(num_steps=3)  # rp, ex (accumulated, not applied), rp
-  second = training.MultiTaskTrainer(str(tmp_path), tasks=names, input_fns=fns)
+  second = training.MultiTaskTrainer(str(run.at_step_3), tasks=RUN_TASKS,
+                                     input_fns=run.input_fns)
+  first = run.states[3]  # after rp, ex (accumulated, not applied), rp
   assert second.restored_from.endswith("ckpt-3")
   assert int(second.global_step) == 3 and int(second.task_steps["exemplar"]) == 1
-  for a, b in zip(first.accumulators["exemplar"], second.accumulators["exemplar"]):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-  for a, b in zip(first.optimizers["relative_position"].variables,
-                  second.optimizers["relative_position"].variables):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-  np.testing.assert_array_equal(first.lasso.matrix().numpy(), second.lasso.matrix().numpy())
-  # Both continue identically: the schedule resumes at exemplar's apply step.
-  first.train(num_steps=4)
-  second.train(num_steps=4)
-  np.testing.assert_allclose(first.lasso.matrix().numpy(), second.lasso.matrix().numpy())
-  for a, b in zip(first.trunk.trainable_variables, second.trunk.trainable_variables):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+  assert any(a.any() for a in first["accumulators"])
+  for a, b in zip(first["accumulators"], second.accumulators["exemplar"]):
+    np.testing.assert_array_equal(a, b.numpy())
+  for a, b in zip(first["rp_optimizer"], second.optimizers["relative_position"].variables):
+    np.testing.assert_array_equal(a, b.numpy())
+  np.testing.assert_array_equal(first["lasso"], second.lasso.matrix().numpy())
+  # Both continue identically: ex accumulates again, rp, then ex applies what was restored.
+  second.train(num_steps=6)
+  first = run.states[6]
+  np.testing.assert_allclose(first["lasso"], second.lasso.matrix().numpy())
+  for a, b in zip(first["trunk"], second.trunk.trainable_variables):
+    np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6)
   row_sums = second.lasso.matrix().numpy().sum(axis=1)
   np.testing.assert_allclose(row_sums, 1.0, atol=1e-6)
 
 
 def test_nan_loss_stops_naming_task_and_step_and_keeps_the_checkpoint(tmp_path):
   names = ["relative_position", "exemplar"]
-  good = next(iter(training.MultiTaskTrainer(str(tmp_path / "probe"), tasks=names)
-                   .tasks["relative_position"].input_fn()))
+  good = next(iter(_tasks(["relative_position"])["relative_position"].input_fn()))
   poisoned = dict(good)
   poisoned["relative_position/patches"] = tf.fill(good["relative_position/patches"].shape,
                                                   np.inf)
@@ -218,24 +300,13 @@ def test_bad_configurations_fail_before_training(tmp_path):
     training.MultiTaskTrainer(str(tmp_path / "x"), tasks=["exemplar"]).train()
 
 
-def test_every_task_writes_summaries_on_its_own_cadence(tmp_path):
+@pytest.mark.xdist_group("test_training_run")
+def test_every_task_writes_summaries_on_its_own_cadence(run):
   # Two tasks alternate (rp at odd global steps, ex at even ones). A cadence counted in global
   # steps would write only exemplar; counted in each task's own steps, both appear, at their
   # own 2nd and 4th steps, with the mean loss of the steps since their last write.
-  _bind("MultiTaskTrainer.summary_every_steps = 2", "MultiTaskTrainer.use_lasso = True")
-  trainer = training.MultiTaskTrainer(str(tmp_path), tasks=["relative_position", "exemplar"])
-  losses = []
-  for step in range(1, 9):
-    summary = trainer.train(num_steps=step, save_at_end=False)
-    name = "relative_position" if step % 2 else "exemplar"
-    losses.append(summary["last_loss"][name])
-  written = collections.defaultdict(dict)
-  for path in glob.glob(str(tmp_path / "train" / "events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        number = (float(tf.make_ndarray(value.tensor)) if value.metadata.plugin_data.plugin_name
-                  == "scalars" else None)
-        written[value.tag][event.step] = number
+  written = run.summaries
+  losses = [run.steps[step]["loss"] for step in range(1, RUN_STEPS + 1)]
   assert set(written["relative_position/loss"]) == {3, 7}
   assert set(written["exemplar/loss"]) == {4, 8}
   assert set(written["exemplar/triplet_accuracy"]) == {4, 8}
@@ -280,8 +351,7 @@ def test_a_tasks_update_does_not_depend_on_its_loss_scale(tmp_path):
   # task trains. That holds when epsilon is small beside the squared gradients; slim's TF1
   # recipe (epsilon 1.0) makes the update nearly proportional to the loss scale instead.
   name = "exemplar"
-  trainer = training.MultiTaskTrainer(str(tmp_path / "default"), tasks=[name])
-  batches = _fixed_batches(trainer.tasks)
+  batches = _fixed_batches([name])
   trainer = training.MultiTaskTrainer(str(tmp_path / "default"), tasks=[name], input_fns=batches)
   reference, small, large = map(np.linalg.norm, _first_trunk_updates(trainer, name,
                                                                      [1.0, 0.01, 100.0]))
