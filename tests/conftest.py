@@ -4,6 +4,9 @@ import os
 import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA's LLVM backend without its optimization passes: CPU compiles of the trunk's step take about
+# half the time. The compiled computation (XLA's own HLO passes: fusion, reordering) is the same.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position

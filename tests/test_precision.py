@@ -12,6 +12,7 @@ from mtssl_tf import precision
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
+from mtssl_tf.tasks import base
 from tests import test_training
 
 TASKS = ["relative_position", "colorization", "exemplar", "motion_segmentation"]
@@ -36,11 +37,10 @@ def _gin():
 
 
 @pytest.fixture(scope="module")
-def batches(tmp_path_factory):
+def batches():
   gin.clear_config()
   common.parse_gin([], test_training.TINY)
-  probe = training.MultiTaskTrainer(str(tmp_path_factory.mktemp("probe")), tasks=TASKS)
-  fns = test_training._fixed_batches(probe.tasks)  # pylint: disable=protected-access
+  fns = test_training._fixed_batches(TASKS)  # pylint: disable=protected-access
   gin.clear_config()
   return fns
 
@@ -90,11 +90,17 @@ def test_bf16_step_and_fp32_step_from_the_same_weights_agree(tmp_path, batches):
   fp32 = _trainer(tmp_path / "fp32", batches)
   path = fp32.save()
   bf16 = _trainer(tmp_path / "bf16", batches, precision="mixed_bfloat16")
-  # A float32 checkpoint loads into the bfloat16 model (same variables, same dtypes).
-  bf16.checkpoint.restore(path).assert_existing_objects_matched()
-  for a, b in zip(fp32.trunk.variables, bf16.trunk.variables):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-  expected, got = _first_losses(fp32), _first_losses(bf16)
+  got = {}
+  for name in TASKS:  # each task's step from the float32 weights
+    # A float32 checkpoint loads into the bfloat16 model (same variables, same dtypes).
+    bf16.checkpoint.restore(path).assert_existing_objects_matched()
+    for a, b in zip(fp32.trunk.variables, bf16.trunk.variables):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+    got[name] = float(bf16._step_fn(name, True)(bf16._iterators[name])[0])  # pylint: disable=protected-access
+  # The float32 step's loss: the task's loss in training mode, on the same weights and batch.
+  expected = {name: float(fp32.tasks[name].model_fn(next(iter(batches[name](None))),
+                                                    base.Mode.TRAIN).loss)
+              for name in TASKS}
   for name in TASKS:
     assert got[name] == pytest.approx(expected[name], rel=BF16_LOSS_RTOL[name]), name
   # Not trivially equal: the bf16 network really computed in bf16.
@@ -145,7 +151,7 @@ def test_float16_loss_scaling_skips_an_overflow_and_recovers(tmp_path, batches):
   assert isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
   inner = optimizer.inner_optimizer
   # Inject an overflow: a loss scale that makes every float16 gradient infinite.
-  optimizer._loss_scale._current_loss_scale.assign(2.0**26)  # pylint: disable=protected-access
+  optimizer._loss_scale._current_loss_scale.assign(2.0**22)  # pylint: disable=protected-access
   # The optimizer's variables but its update counter (which Keras advances on skipped updates
   # too, so that a schedule keeps time): its slots.
   slots = [v for v in inner.variables if v is not inner.iterations]
@@ -155,13 +161,14 @@ def test_float16_loss_scaling_skips_an_overflow_and_recovers(tmp_path, batches):
   # Skipped: no variable and no slot moved, the scale halved.
   for a, b in zip(before, snapshot()):
     np.testing.assert_array_equal(a, b)
-  assert float(optimizer.loss_scale) == 2.0**25
+  assert float(optimizer.loss_scale) == 2.0**21
   assert trainer.skipped_updates["relative_position"] == 1
   # It keeps halving until the gradients fit, then trains: the run never stops on it.
-  trainer.train(num_steps=20, save_at_end=False)
+  # (Measured: they fit at 2**15 or 2**16; float16 steps are slow on CPUs.)
+  trainer.train(num_steps=12, save_at_end=False)
   skipped = trainer.skipped_updates["relative_position"]
-  assert 1 < skipped < 20
-  assert float(optimizer.loss_scale) == 2.0**(26 - skipped)
+  assert 1 < skipped < 12
+  assert float(optimizer.loss_scale) == 2.0**(22 - skipped)
   assert all(np.isfinite(v.numpy()).all() for v in inner.variables)
   assert any(not np.array_equal(a, b) for a, b in zip(before, snapshot()))
 
@@ -172,13 +179,16 @@ def test_checkpoints_load_across_precisions(tmp_path, batches):
   make = lambda **kw: training.MultiTaskTrainer(  # pylint: disable=g-long-lambda
       str(tmp_path), tasks=names, input_fns={n: batches[n] for n in names}, **kw)
   fp16 = make(precision="mixed_float16")
-  fp16.train(num_steps=4)
+  for optimizer in fp16.optimizers.values():  # low enough that neither update is skipped
+    optimizer._loss_scale._current_loss_scale.assign(2.0**8)  # pylint: disable=protected-access
+  fp16.train(num_steps=2)  # a step of each
   trunk_values = [v.numpy() for v in fp16.trunk.variables]
   slots = [v.numpy() for v in fp16.optimizers["exemplar"].inner_optimizer.variables]
+  assert any(s.any() for s in slots[1:])  # trained: not the zeros they start at
   # The same model directory resumes in float32 and in bfloat16, slots included.
   for name in ("float32", "mixed_bfloat16"):
     resumed = make(precision=name)
-    assert int(resumed.global_step) == 4
+    assert int(resumed.global_step) == 2
     for a, b in zip(trunk_values, resumed.trunk.variables):
       np.testing.assert_array_equal(a, b.numpy())
     for a, b in zip(slots, resumed.optimizers["exemplar"].variables):
