@@ -35,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import gin
 import numpy as np
@@ -95,12 +96,30 @@ def swapped_pair_batches(steps, pairs, patch_size=32, seed=0):
   }
 
 
-def _one_device_start(model_dir, batches):
-  """The one-device trainer on `batches`, with its initial state saved (ckpt-0) and returned."""
-  fns = multi_worker_run.fixed_input_fns(batches)
-  trainer = training.MultiTaskTrainer(model_dir, input_fns=fns)
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  """The one-device run that the split runs must match, trained once for the module.
+
+  Returns a namespace: start (a model directory holding only its initial checkpoint, ckpt-0,
+  for the split runs to copy), initial and final (its state before and after SPLIT_STEPS
+  steps, `multi_worker_run.trainer_state`).
+  """
+  gin.clear_config()
+  common.parse_gin([], SPLIT_BINDINGS)
+  # The same initialization in every process, whatever ran in it before (tf.random.set_seed
+  # alone leaves Keras's initializers to Python's random state).
+  tf.keras.utils.set_random_seed(0)
+  root = tmp_path_factory.mktemp("one_device")
+  batches = swapped_pair_batches(SPLIT_STEPS, SPLIT_PAIRS)
+  trainer = training.MultiTaskTrainer(str(root / "run"),
+                                      input_fns=multi_worker_run.fixed_input_fns(batches))
   trainer.save()
-  return trainer, multi_worker_run.trainer_state(trainer)
+  shutil.copytree(root / "run", root / "start")
+  initial = multi_worker_run.trainer_state(trainer)
+  trainer.train(num_steps=SPLIT_STEPS)
+  final = multi_worker_run.trainer_state(trainer)
+  gin.clear_config()
+  return types.SimpleNamespace(start=root / "start", initial=initial, final=final)
 
 
 def _assert_matches_one_device(split, one_device, initial):
@@ -126,13 +145,14 @@ def _assert_matches_one_device(split, one_device, initial):
       assert int(split[key]) == int(one_device[key]) == SPLIT_STEPS // 2, key
 
 
-def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_path, _split_gin):
+@pytest.mark.xdist_group("test_distributed_split")
+def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_path, _split_gin,
+                                                                          one_device):
   batches = swapped_pair_batches(SPLIT_STEPS, SPLIT_PAIRS)
   np.savez(tmp_path / "batches.npz", **batches)
   (tmp_path / "bindings.json").write_text(json.dumps(SPLIT_BINDINGS))
-  one_device, initial = _one_device_start(str(tmp_path / "one_device"), batches)
-  # The workers start from the same checkpoint.
-  shutil.copytree(tmp_path / "one_device", tmp_path / "run")
+  # The workers start from the one-device run's initial checkpoint.
+  shutil.copytree(one_device.start, tmp_path / "run")
   ports = free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   processes = []
@@ -145,7 +165,6 @@ def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_pat
          str(tmp_path / "run"), str(tmp_path / f"worker{index}.npz"), str(SPLIT_STEPS),
          str(tmp_path / "bindings.json"), str(tmp_path / "batches.npz")],
         env=env, cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  one_device.train(num_steps=SPLIT_STEPS)  # meanwhile
   outputs = [p.communicate(timeout=400)[0] for p in processes]
   for p, out in zip(processes, outputs):
     assert p.returncode == 0, out[-3000:]
@@ -156,17 +175,18 @@ def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_pat
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   np.testing.assert_array_equal(a["task_steps"], [SPLIT_STEPS])
-  _assert_matches_one_device(a, multi_worker_run.trainer_state(one_device), initial)
+  _assert_matches_one_device(a, one_device.final, one_device.initial)
   # The chief wrote the checkpoints; the other worker's temporary directory is gone.
   names = os.listdir(tmp_path / "run")
   assert f"ckpt-{SPLIT_STEPS}.index" in names
   assert not [n for n in names if n.startswith(".worker_tmp")]
 
 
-def test_mirrored_over_two_devices_matches_one_device_on_the_whole_batch(tmp_path, _split_gin):
+@pytest.mark.xdist_group("test_distributed_split")
+def test_mirrored_over_two_devices_matches_one_device_on_the_whole_batch(tmp_path, _split_gin,
+                                                                         one_device):
   batches = swapped_pair_batches(SPLIT_STEPS, SPLIT_PAIRS)
-  one_device, initial = _one_device_start(str(tmp_path / "one_device"), batches)
-  shutil.copytree(tmp_path / "one_device", tmp_path / "mirrored")
+  shutil.copytree(one_device.start, tmp_path / "mirrored")
   mirrored = training.MultiTaskTrainer(
       str(tmp_path / "mirrored"), input_fns=multi_worker_run.fixed_input_fns(batches),
       # Reduction through one device, not CPU collectives: two MirroredStrategy objects with
@@ -174,10 +194,9 @@ def test_mirrored_over_two_devices_matches_one_device_on_the_whole_batch(tmp_pat
       strategy=tf.distribute.MirroredStrategy(
           ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()))
   assert mirrored.strategy.num_replicas_in_sync == 2 and mirrored.restored_from
-  one_device.train(num_steps=SPLIT_STEPS)
   mirrored.train(num_steps=SPLIT_STEPS)
-  _assert_matches_one_device(multi_worker_run.trainer_state(mirrored),
-                             multi_worker_run.trainer_state(one_device), initial)
+  _assert_matches_one_device(multi_worker_run.trainer_state(mirrored), one_device.final,
+                             one_device.initial)
 
 
 def _train_command(tmp_path, num_steps):
@@ -191,7 +210,7 @@ def _train_command(tmp_path, num_steps):
           f"--model_dir={tmp_path / 'run'}", f"--num_steps={num_steps}"]
 
 
-def _wait_for(path, process, seconds=240):
+def _wait_for(path, process, seconds=480):
   import time  # pylint: disable=g-import-not-at-top
   deadline = time.time() + seconds
   while time.time() < deadline and process.poll() is None:
@@ -206,7 +225,8 @@ def _checkpoint_step(prefix):
   return int(tf.train.load_variable(prefix, "global_step/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
-def test_sigkill_resumes_from_the_last_complete_checkpoint(tmp_path):
+def test_sigkill_resumes_from_the_last_complete_checkpoint_and_sigterm_saves_the_step(
+    tmp_path):
   import signal  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -221,27 +241,22 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint(tmp_path):
   # the two writes): then ckpt-4 is the last complete checkpoint, as it should be.
   assert saved_step >= 4 and saved_step % 4 == 0
   assert _checkpoint_step(latest) == saved_step
-  rerun = subprocess.run(_train_command(tmp_path, saved_step + 4), cwd=_ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f"Resumed from {latest} at step {saved_step}" in rerun.stderr
-  final = tf.train.latest_checkpoint(str(tmp_path / "run"))
-  assert _checkpoint_step(final) == saved_step + 4
-
-
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
-  import signal  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  process = subprocess.Popen(_train_command(tmp_path, 100000), cwd=_ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  assert _wait_for(tmp_path / "run" / "ckpt-4.index", process), process.communicate()[1][-3000:]
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr[-3000:]
+  # The rerun resumes there; a SIGTERM once it has saved a checkpoint of its own (at a compute
+  # threshold past every file the killed run left) makes it save the step it is at and exit
+  # cleanly.
+  left = max(int(p.name.split("-")[1].split(".")[0])
+             for p in (tmp_path / "run").glob("ckpt-*.index"))
+  rerun = subprocess.Popen(_train_command(tmp_path, 100000), cwd=_ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  assert _wait_for(tmp_path / "run" / f"ckpt-{left // 4 * 4 + 4}.index", rerun), (
+      rerun.communicate()[1][-3000:])
+  rerun.send_signal(signal.SIGTERM)
+  _, stderr = rerun.communicate(timeout=120)
+  assert rerun.returncode == 0, stderr[-3000:]
+  assert f"Resumed from {latest} at step {saved_step}" in stderr
   assert "stopped by a signal" in stderr
-  latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
-  step = int(latest.split("-")[-1])
-  assert step >= 4 and _checkpoint_step(latest) == step
+  final = tf.train.latest_checkpoint(str(tmp_path / "run"))
+  step = int(final.split("-")[-1])
+  assert step >= saved_step + 4 and _checkpoint_step(final) == step
   # The checkpoint is at the step where it stopped, not at a compute threshold.
   assert f"Finished at step {step} " in stderr
