@@ -1,6 +1,7 @@
 """The SavedModel export: signatures, fine-tuning after reload, the mtssl-export binary."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -90,10 +91,13 @@ def test_refuses_to_overwrite_and_leaves_no_temporary(exported, tmp_path):
   trunk, export_dir = exported
   with pytest.raises(FileExistsError, match="already exists"):
     export_lib.export_trunk(trunk, export_dir)
+  # An earlier export (the fixture's, with a file of its own) is replaced whole.
   target = tmp_path / "again"
-  export_lib.export_trunk(trunk, str(target))
+  shutil.copytree(export_dir, target)
+  (target / "stale.txt").write_text("from the earlier export")
   export_lib.export_trunk(trunk, str(target), overwrite=True)
   assert sorted(os.listdir(tmp_path)) == ["again"]
+  assert "stale.txt" not in os.listdir(target) and "saved_model.pb" in os.listdir(target)
 
 
 def test_binary_exports_a_tf1_slim_style_checkpoint(tmp_path):
