@@ -202,7 +202,7 @@ def test_a_trainer_removes_what_interrupted_saves_left_and_nothing_else(tmp_path
   rng = np.random.RandomState(0)
   batch = {"relative_position/patches": rng.uniform(-100, 100, [2, 2, 32, 32, 3]).astype(
       np.float32), "relative_position/label": np.zeros([2], np.int32)}
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   try:
     for model_dir in (run, kept):
       training.MultiTaskTrainer(str(model_dir), tasks=["relative_position"], input_fns={

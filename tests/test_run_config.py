@@ -213,7 +213,7 @@ def test_warm_start_from_starts_a_new_run_from_the_old_trunk_once(old_run, tmp_p
   # Restarted with the same flag, the new run resumes from its own checkpoint, not the old one.
   _parse("MultiTaskTrainer.tasks = ['exemplar']", "exemplar.head_width = 32",
          "TaskSettings.learning_rate = 1e-3", "run_training.num_steps = 2")
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   trainer, summary = training.run_training(new_dir, warm_start_from=old_dir)
   assert trainer.restored_from.endswith("ckpt-1") and summary["step"] == 2
   assert f"resumes from its own {trainer.restored_from}" in caplog.text

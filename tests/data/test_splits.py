@@ -89,7 +89,7 @@ def test_reading_splits_leaves_absl_logging_as_it_was(caplog):
   level = absl_logger.level
   splits.declared_splits("imagenet2012")
   assert absl_logger.level == level
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   absl_logging.info("after reading splits")
   assert "after reading splits" in caplog.text
 
