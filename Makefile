@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mtssl-demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 tests
+	$(VENV)/bin/python -m pytest -q -n 2 --durations=30 tests
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python tools/benchmark.py
