@@ -4,6 +4,8 @@ soft-encoding and class rebalancing.
 * `rgb_to_lab` / `lab_to_rgb`: sRGB with the D65 white point, IEC 61966-2-1 transfer curve and
   the CIE 1976 L*a*b* formulas, batched over any leading axes. `rgb_to_lab` is differentiable
   everywhere in [0, 1] (the cube root and the sRGB power law are guarded at 0).
+* `lightness_as_rgb`: the grayscale trunk input of colorization and of relative position's
+  harmonized patches (paper section 3.3): L on the 0-255 scale in all three channels.
 * `ab_bins()`: the 313 in-gamut ab bin centres of a grid of 10 (shipped in
   `mtssl_tf/assets/pts_in_hull.npy`, rows of (a, b)).
 * `soft_encode`: each ab value spread over its 5 nearest bins with a Gaussian of sigma 5 (the
@@ -84,6 +86,16 @@ def lab_to_rgb(lab):
   xyz = _lab_f_inv(f) * tf.constant(_WHITE_D65, tf.float32)
   linear = tf.linalg.matvec(tf.constant(_XYZ_TO_RGB, tf.float32), xyz)
   return tf.clip_by_value(_linear_to_srgb(tf.clip_by_value(linear, 0.0, 1.0)), 0.0, 1.0)
+
+
+def lightness_as_rgb(lab):
+  """Lab [..., 3] -> the L channel on the 0-255 scale replicated to 3 channels, float32.
+
+  Colorization's trunk input, which relative position's harmonized mode shares (paper
+  section 3.3).
+  """
+  lightness = lab[..., :1] * (255.0 / 100.0)
+  return tf.concat([lightness] * 3, axis=-1)
 
 
 def ab_bins():

@@ -50,6 +50,7 @@ import tensorflow as tf
 
 from mtssl_tf import distribute
 from mtssl_tf import files
+from mtssl_tf import heads
 from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import progress
 from mtssl_tf import trunk as trunk_lib
@@ -334,7 +335,7 @@ class Evaluator:
       spec = self.evaluation.input_fn(tf.distribute.InputContext(), "train").element_spec
       dummy = tf.nest.map_structure(
           lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
-      self.evaluation.model_fn(dummy, base.Mode.PREDICT)
+      self.evaluation.model_fn(dummy, heads.Mode.PREDICT)
       self.checkpoint_report = None
       if self.prefix is not None:
         self.checkpoint_report = trunk_lib.init_from_checkpoint(self.trunk, self.prefix)
@@ -352,7 +353,7 @@ class Evaluator:
     self._step_on = tf.function(
         lambda features: self._reduce(self.strategy.run(self._replica_step, args=(features,))))
     self._predict = tf.function(
-        lambda features: self.evaluation.model_fn(features, base.Mode.PREDICT).predictions)
+        lambda features: self.evaluation.model_fn(features, heads.Mode.PREDICT).predictions)
     self._iterator = None
     self.batch_norm_notes = []
 
@@ -364,7 +365,7 @@ class Evaluator:
   def _replica_step(self, features):
     evaluation, trunk, name = self.evaluation, self.trunk, self.name
     with tf.GradientTape() as tape:
-      out = evaluation.model_fn(features, base.Mode.TRAIN)
+      out = evaluation.model_fn(features, heads.Mode.TRAIN)
       loss = out.loss
       if evaluation.fine_tunes_trunk:
         loss += trunk.regularization_loss()
@@ -459,7 +460,7 @@ class Evaluator:
         self.trunk(features[image_key], training=True,
                    output_stride=self.evaluation.output_stride)
       else:
-        self.evaluation.model_fn(features, base.Mode.TRAIN)
+        self.evaluation.model_fn(features, heads.Mode.TRAIN)
 
     try:
       for module, attribute, _ in saved:

@@ -81,6 +81,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import distribute
+from mtssl_tf import heads
 from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import precision as precision_lib
 from mtssl_tf import progress
@@ -450,7 +451,7 @@ class MultiTaskTrainer:
       spec = self._input_fn(name)(tf.distribute.InputContext()).element_spec
       dummy = tf.nest.map_structure(
           lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
-      self.tasks[name].model_fn(dummy, base.Mode.PREDICT)
+      self.tasks[name].model_fn(dummy, heads.Mode.PREDICT)
 
   def _build_task_state(self, name):
     task, settings = self.tasks[name], self.settings[name]
@@ -501,7 +502,7 @@ class MultiTaskTrainer:
     def loss_and_gradients(features):
       """Forward and backward: (task loss, metrics, float32 gradients of the total loss)."""
       with tf.GradientTape() as tape:
-        spec = task.model_fn(features, base.Mode.TRAIN)
+        spec = task.model_fn(features, heads.Mode.TRAIN)
         loss = spec.loss + self.trunk.regularization_loss()
         if self.lasso is not None:
           loss += self.lasso.penalty(name)
@@ -527,7 +528,7 @@ class MultiTaskTrainer:
 
     def replica_step(features, apply):
       loss, metrics, grads = loss_and_gradients(features)
-      spec = base.Spec(loss=loss, metrics=metrics)
+      spec = heads.Spec(loss=loss, metrics=metrics)
       # A NaN can hide from the loss (ReLU maps NaN to 0 on CPU) but not from the gradients.
       grads_finite = _all_finite(grads)
       if apply:

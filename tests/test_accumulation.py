@@ -6,6 +6,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
@@ -34,7 +35,7 @@ def _batches(count, pairs=2, patch_size=32, seed=0):
 def _gradients(trunk, task, variables, batch):
   """Gradients (as float64) of the trainer's loss, task loss + weight decay, on one batch."""
   with tf.GradientTape() as tape:
-    loss = task.model_fn(batch, base.Mode.TRAIN).loss + trunk.regularization_loss()
+    loss = task.model_fn(batch, heads.Mode.TRAIN).loss + trunk.regularization_loss()
   return [g.numpy().astype(np.float64) for g in tape.gradient(loss, variables)]
 
 
@@ -79,7 +80,7 @@ def test_an_apply_is_the_rmsprop_update_for_the_mean_of_the_accumulated_gradient
     trunk = trunk_lib.Trunk()
     with gin.config_scope("relative_position"):
       task = base.get("relative_position")(trunk)
-    task.model_fn({k: v[:1] for k, v in batches[0].items()}, base.Mode.PREDICT)
+    task.model_fn({k: v[:1] for k, v in batches[0].items()}, heads.Mode.PREDICT)
     copy = list(trunk.trainable_variables) + task.head_variables
     assert [v.shape for v in copy] == [v.shape for v in variables]
     optimizer = trainer.optimizers["relative_position"]

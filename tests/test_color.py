@@ -103,3 +103,10 @@ def test_smoothed_prior_and_grayscale_detection():
 def test_annealed_mean_recovers_a_bin():
   probs = tf.one_hot([42], 313)
   np.testing.assert_allclose(color.annealed_mean(probs).numpy()[0], color.ab_bins()[42], atol=1e-3)
+
+
+def test_lightness_as_rgb_is_l_on_the_0_255_scale_in_every_channel():
+  lab = np.array([[[100.0, 20.0, -30.0], [50.0, -60.0, 5.0], [0.0, 0.0, 0.0]]], np.float32)
+  gray = color.lightness_as_rgb(lab).numpy()
+  np.testing.assert_allclose(gray, [[[255.0] * 3, [127.5] * 3, [0.0] * 3]], rtol=1e-6)
+  assert gray.dtype == np.float32

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf import evaluation
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
@@ -204,7 +205,7 @@ def test_eval_lasso_learns(name, bindings):
   start = alpha.numpy().copy()
   features = next(evaluator.iterator)
   with tf.GradientTape() as tape:
-    loss = evaluator.evaluation.model_fn(features, base.Mode.TRAIN).loss
+    loss = evaluator.evaluation.model_fn(features, heads.Mode.TRAIN).loss
   gradient = tape.gradient(loss, alpha)
   assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0
   for _ in range(3):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.tasks import base
@@ -106,6 +107,6 @@ def test_tasks_read_their_lasso_row_and_do_not_own_it():
   mixed = task.representation(images, training=False)
   expected = endpoints["block3/unit_1"].numpy()[:, ::2, ::2]
   np.testing.assert_allclose(mixed.numpy(), expected, rtol=1e-5, atol=1e-5)
-  task.model_fn({"exemplar/x1": images, "exemplar/x2": images}, base.Mode.TRAIN)
+  task.model_fn({"exemplar/x1": images, "exemplar/x2": images}, heads.Mode.TRAIN)
   refs = {v.ref() for v in task.head_variables}
   assert not refs & {v.ref() for v in lasso.trainable_variables}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import precision
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
-from mtssl_tf.tasks import base
 from tests import test_training
 
 TASKS = ["relative_position", "colorization", "exemplar", "motion_segmentation"]
@@ -99,7 +99,7 @@ def test_bf16_step_and_fp32_step_from_the_same_weights_agree(tmp_path, batches):
     got[name] = float(bf16._step_fn(name, True)(bf16._iterators[name])[0])  # pylint: disable=protected-access
   # The float32 step's loss: the task's loss in training mode, on the same weights and batch.
   expected = {name: float(fp32.tasks[name].model_fn(next(iter(batches[name](None))),
-                                                    base.Mode.TRAIN).loss)
+                                                    heads.Mode.TRAIN).loss)
               for name in TASKS}
   for name in TASKS:
     assert got[name] == pytest.approx(expected[name], rel=BF16_LOSS_RTOL[name]), name

@@ -68,6 +68,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mtssl_tf import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtssl_tf import heads  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import input_convention  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.data import motion_labels  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -203,7 +204,7 @@ def input_examples_per_s(dataset, batch_size, cores, seconds):
 
 def task_step_examples_per_s(task, features, steps):
   """Examples/s of a task's whole training step on one fixed batch."""
-  spec = task.model_fn(features, base.Mode.TRAIN)  # makes the head's variables
+  spec = task.model_fn(features, heads.Mode.TRAIN)  # makes the head's variables
   variables = task.trunk.trainable_variables + task.head_variables
   optimizer = tf.keras.optimizers.RMSprop(learning_rate=1e-4)
   optimizer.build(variables)
@@ -211,7 +212,7 @@ def task_step_examples_per_s(task, features, steps):
   @tf.function
   def step(features):
     with tf.GradientTape() as tape:
-      loss = task.model_fn(features, base.Mode.TRAIN).loss + task.trunk.regularization_loss()
+      loss = task.model_fn(features, heads.Mode.TRAIN).loss + task.trunk.regularization_loss()
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
     return loss
 

@@ -31,11 +31,11 @@ from mtssl_tf import color
 from mtssl_tf import color_prior
 from mtssl_tf import evaluation
 from mtssl_tf import export as export_lib
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import toy
-from mtssl_tf.tasks import base as tasks_base
 
 FLAGS = flags.FLAGS
 # Each of a task's two loss means (start, end of the run) takes at least this many of its steps
@@ -190,7 +190,7 @@ def pretext_held_out(trainer, batches=HELD_OUT_BATCHES):
   with _bound({"image_dataset.seed": HELD_OUT_SEED, "motion_dataset.seed": HELD_OUT_SEED}):
     for name, task in trainer.tasks.items():
       scored = []
-      forward = tf.function(lambda f, task=task: task.model_fn(f, tasks_base.Mode.TRAIN).metrics)
+      forward = tf.function(lambda f, task=task: task.model_fn(f, heads.Mode.TRAIN).metrics)
       for features in task.input_fn(None).take(batches):
         metrics = forward(features)
         scored.append((tf.nest.map_structure(np.asarray, features),

@@ -1,49 +1,26 @@
-"""What every evaluation exposes, and the registry that finds them by name.
+"""The evaluations' base class and the registry that finds them by name.
 
-An evaluation is shaped like a pretext task (`mtssl_tf.tasks.base`): `input_fn(input_context,
-split)` returns a dataset of feature dicts batched per replica (repeated and shuffled for
-"train", one pass for the test split), `model_fn(features, mode)` returns a `Spec`. On top of
-that it says which variables it trains (`fine_tunes_trunk`: the linear probe keeps the trunk
-frozen, detection and depth fine-tune it) and gives a host-side `MetricsAccumulator` for metrics
-pooled over the whole test set (mean AP, pixel ratios), which per-batch means would get wrong.
-The loop that trains, evaluates and writes results is `mtssl_tf/evaluation.py`.
+An evaluation is a `heads.Head` like a pretext task: `input_fn(input_context, split)` returns a
+dataset of feature dicts batched per replica (repeated and shuffled for "train", one pass for
+the test split), `model_fn(features, mode)` returns a `heads.Spec`. On top of that it says which
+variables it trains (`fine_tunes_trunk`: the linear probe keeps the trunk frozen, detection and
+depth fine-tune it) and gives a host-side `MetricsAccumulator` for metrics pooled over the whole
+test set (mean AP, pixel ratios), which per-batch means would get wrong. The loop that trains,
+evaluates and writes results is `mtssl_tf/evaluation.py`.
 """
 
 import gin
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf.data import splits
 from mtssl_tf.data.sources import tfds_split
-from mtssl_tf.tasks.base import Mode  # pylint: disable=unused-import
-from mtssl_tf.tasks.base import Spec  # pylint: disable=unused-import
 
-_REGISTRY = {}
-
-
-def register(name):
-  """Class decorator: makes an `Evaluation` subclass available as `get(name)`."""
-
-  def decorator(cls):
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-      raise ValueError(f"Evaluation {name!r} is registered twice.")
-    _REGISTRY[name] = cls
-    cls.name = name
-    return cls
-
-  return decorator
-
-
-def get(name):
-  """The evaluation class registered under `name` (KeyError naming the known ones)."""
-  import mtssl_tf.evals  # pylint: disable=g-import-not-at-top,unused-import
-  if name not in _REGISTRY:
-    raise KeyError(f"Unknown evaluation {name!r}; registered evaluations: {sorted(_REGISTRY)}.")
-  return _REGISTRY[name]
-
-
-def registered():
-  import mtssl_tf.evals  # pylint: disable=g-import-not-at-top,unused-import
-  return sorted(_REGISTRY)
+# Importing mtssl_tf.evals registers the built-in evaluations.
+REGISTRY = heads.Registry("evaluation", "mtssl_tf.evals")
+register = REGISTRY.register
+get = REGISTRY.get
+registered = REGISTRY.names
 
 
 def _tfds_data_dir():
@@ -64,15 +41,12 @@ class MetricsAccumulator:
     raise NotImplementedError
 
 
-class Evaluation(tf.Module):
-  """Base class: an evaluation head on a trunk.
+class Evaluation(heads.Head):
+  """Base class of the evaluations: a `heads.Head` trained on a labelled dataset.
 
-  Attributes:
-    name: the registered name (feature key prefix and gin scope).
-    output_stride: the stride the evaluation runs the trunk at.
+  Attributes (beyond `heads.Head`'s):
     fine_tunes_trunk: whether the trunk's weights train with the head (BN in training mode).
-    lasso: None, or a `lasso.Lasso` with a row for this evaluation (paper Table 4, "eval
-      lasso"): the head then reads that row's combination of block 3's units.
+    lasso: as `heads.Head`'s, a row of the evaluation lasso (paper Table 4, "eval lasso").
     protocol: the paper's training protocol of this evaluation, as values of the fields of
       `evaluation.EvalSettings` (restated in gin/evals/<name>.gin); gin overrides them.
 
@@ -80,50 +54,12 @@ class Evaluation(tf.Module):
   re-estimate batch norm statistics.
   """
 
-  name = None
-  output_stride = 32
   fine_tunes_trunk = True
-  batch_size = None
   dataset = None
   train_split = "train"
   eval_split = "test"
   shuffle_buffer = 256
   protocol = {}
-
-  def __init__(self, trunk):
-    super().__init__(name=self.name)
-    self.trunk = trunk
-    self.lasso = None
-
-  @property
-  def head_variables(self):
-    """The evaluation's own trainable variables (not the trunk's, not the lasso's)."""
-    shared = {v.ref() for v in self.trunk.trainable_variables}
-    if self.lasso is not None:
-      shared |= {v.ref() for v in self.lasso.trainable_variables}
-    return [v for v in self.trainable_variables if v.ref() not in shared]
-
-  def per_replica_batch(self, input_context):
-    if input_context is None:
-      return self.batch_size
-    return input_context.get_per_replica_batch_size(self.batch_size)
-
-  def representation(self, images, training, frozen=False):
-    """Block 3 at the evaluation's stride, or its lasso combination of block 3's units.
-
-    Args:
-      images: trunk input [B, H, W, 3].
-      training: whether the trunk is being fine-tuned in this call (BN batch statistics).
-      frozen: stop the gradient at the trunk's outputs (each unit's, before the lasso
-        combination, so that an evaluation lasso still learns over a frozen trunk).
-    """
-    from mtssl_tf import trunk as trunk_lib  # pylint: disable=g-import-not-at-top
-    endpoints = self.trunk(images, training=training, output_stride=self.output_stride)
-    hold = tf.stop_gradient if frozen else tf.identity
-    if self.lasso is None:
-      return hold(endpoints["block3"])
-    names = trunk_lib.unit_endpoint_names(self.trunk.depth)
-    return self.lasso.combine(self.name, [hold(endpoints[n]) for n in names])
 
   def toy_data(self, training):
     """The built-in toy set (dataset "toy"): a dict of numpy arrays, one example per row."""
@@ -179,9 +115,6 @@ class Evaluation(tf.Module):
       dataset = dataset.repeat().shuffle(self.shuffle_buffer)
     batch = self.per_replica_batch(input_context)
     return dataset.batch(batch, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
-
-  def model_fn(self, features, mode):
-    raise NotImplementedError
 
   def metrics_accumulator(self):
     raise NotImplementedError

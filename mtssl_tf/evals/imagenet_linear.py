@@ -42,6 +42,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf.data import sources
 from mtssl_tf.data import toy
@@ -220,19 +221,19 @@ class ImagenetLinear(base.Evaluation):
     block3 = self.representation(features["imagenet_linear/image"], False, frozen=True)
     features_flat = self.flatten(self.pool(block3))
     if self.normalize is not None:
-      features_flat = self.normalize(features_flat, training=mode == base.Mode.TRAIN)
+      features_flat = self.normalize(features_flat, training=mode == heads.Mode.TRAIN)
     logits = self.classifier(features_flat)
     predictions = {"imagenet_linear/logits": logits,
                    "imagenet_linear/label": tf.argmax(logits, -1, output_type=tf.int32)}
-    if mode == base.Mode.PREDICT:
-      return base.Spec(predictions=predictions)
+    if mode == heads.Mode.PREDICT:
+      return heads.Spec(predictions=predictions)
     labels = features["imagenet_linear/label"]
     loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels, tf.cast(logits, tf.float32)))
     top1 = tf.reduce_mean(tf.cast(tf.equal(predictions["imagenet_linear/label"], labels),
                                   tf.float32))
     top5 = tf.reduce_mean(tf.cast(tf.nn.in_top_k(labels, logits, 5), tf.float32))
-    return base.Spec(loss=loss, predictions=predictions, metrics={"top1": top1, "top5": top5})
+    return heads.Spec(loss=loss, predictions=predictions, metrics={"top1": top1, "top5": top5})
 
   def metrics_accumulator(self):
     return TopKAccumulator()

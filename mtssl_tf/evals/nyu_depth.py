@@ -50,6 +50,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf.data import toy_depth
 from mtssl_tf.evals import base
@@ -570,12 +571,12 @@ class NyuDepth(base.Evaluation):
     return preprocess(example, training, input_size=self.input_size, crop_size=self.crop_size)
 
   def model_fn(self, features, mode):
-    training = mode == base.Mode.TRAIN
+    training = mode == heads.Mode.TRAIN
     block3 = self.representation(features["nyu_depth/image"], training)
     prediction = tf.cast(self.decoder(block3, training=training), tf.float32)  # berHu in fp32
     predictions = {"nyu_depth/depth": prediction}
-    if mode == base.Mode.PREDICT:
-      return base.Spec(predictions=predictions)
+    if mode == heads.Mode.PREDICT:
+      return heads.Spec(predictions=predictions)
     small, target, valid = match_resolution(prediction, features["nyu_depth/depth"],
                                             features["nyu_depth/valid"], resize="target")
     loss = berhu_loss(small, target, valid)
@@ -584,7 +585,7 @@ class NyuDepth(base.Evaluation):
     within = tf.cast(valid, tf.float32) * tf.cast(ratio < DELTA_BASE, tf.float32)
     delta1 = 100.0 * tf.reduce_sum(within) / tf.maximum(
         tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
-    return base.Spec(loss=loss, predictions=predictions, metrics={"delta1_pct": delta1})
+    return heads.Spec(loss=loss, predictions=predictions, metrics={"delta1_pct": delta1})
 
   def metrics_accumulator(self):
     return _Metrics()

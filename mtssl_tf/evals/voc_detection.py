@@ -65,6 +65,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf.data import toy_detection
 from mtssl_tf.evals import base
 from mtssl_tf.evals import detection_metrics
@@ -379,7 +380,7 @@ class VocDetection(base.Evaluation):
     return self.weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels])
 
   def model_fn(self, features, mode):
-    training = mode == base.Mode.TRAIN
+    training = mode == heads.Mode.TRAIN
     images = features[_key("image")]
     block3 = self.representation(images, training and self.train_batch_norm)
     # Proposals and detections are clipped to the resized image (image_info[1]), as
@@ -398,7 +399,7 @@ class VocDetection(base.Evaluation):
           outputs["decoded_boxes"], outputs["decoded_box_scores"],
           self.detection_nms_threshold, self.max_detections_per_class, self.max_detections,
           self.detection_score_threshold)
-      return base.Spec(predictions={
+      return heads.Spec(predictions={
           _key("detection_boxes"): boxes,
           _key("detection_scores"): scores,
           _key("detection_classes"): classes,
@@ -420,8 +421,8 @@ class VocDetection(base.Evaluation):
     foreground = tf.cast(class_targets > 0, tf.float32)
     losses["roi_accuracy"] = tf.reduce_mean(tf.cast(predicted == class_targets, tf.float32))
     losses["roi_foreground_fraction"] = tf.reduce_mean(foreground)
-    return base.Spec(loss=loss, predictions={_key("class_outputs"): outputs["class_outputs"]},
-                     metrics=losses)
+    return heads.Spec(loss=loss, predictions={_key("class_outputs"): outputs["class_outputs"]},
+                      metrics=losses)
 
   def _maybe_load_box_head(self):
     """Loads block 4 from `block4_checkpoint` once, right after its variables exist."""

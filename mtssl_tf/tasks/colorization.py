@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from mtssl_tf import color
 from mtssl_tf import color_prior
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
@@ -28,15 +29,6 @@ from mtssl_tf.tasks import base
 TARGET_STRIDE = 8
 # The image source that may train without a prior (uniform weights): the built-in toy images.
 SOURCE_WITHOUT_PRIOR = "toy"
-
-
-def lightness_as_rgb(lab):
-  """Lab [..., 3] -> the L channel on the 0-255 scale replicated to 3 channels, float32.
-
-  Shared with relative position's harmonized mode (paper section 3.3).
-  """
-  lightness = lab[..., :1] * (255.0 / 100.0)
-  return tf.concat([lightness] * 3, axis=-1)
 
 
 @gin.configurable("preprocess", module="colorization", denylist=["example", "training"])
@@ -75,8 +67,9 @@ def preprocess(example, training=True, crop_size=224, seed=None):
   lab = color.rgb_to_lab(image / 255.0)
   ab = lab[..., 1:]
   half = TARGET_STRIDE // 2
+  gray = color.lightness_as_rgb(lab)
   return {
-      "colorization/image": input_convention.to_trunk_input(lightness_as_rgb(lab)[None])[0],
+      "colorization/image": input_convention.to_trunk_input(gray[None])[0],
       "colorization/ab_target": ab[half::TARGET_STRIDE, half::TARGET_STRIDE],
       "colorization/has_color": tf.logical_not(color.is_grayscale(ab)),
   }
@@ -191,14 +184,14 @@ class Colorization(base.Task):
         input_context, lambda ex: preprocess(ex, training=True, crop_size=self.crop_size))
 
   def model_fn(self, features, mode):
-    training = mode == base.Mode.TRAIN
+    training = mode == heads.Mode.TRAIN
     block3 = self.representation(features["colorization/image"], training)
     # Float32 from here (mixed precision): the softmax and the 313-bin math.
     logits = tf.cast(self.head(block3, training=training), tf.float32)
     probs = tf.nn.softmax(logits)
     predictions = {"colorization/ab": color.annealed_mean(probs)}
-    if mode == base.Mode.PREDICT:
-      return base.Spec(predictions=predictions)
+    if mode == heads.Mode.PREDICT:
+      return heads.Spec(predictions=predictions)
     loss, metrics = colorization_loss(logits, features["colorization/ab_target"],
                                       features["colorization/has_color"], self.class_weights)
-    return base.Spec(loss=loss, predictions=predictions, metrics=metrics)
+    return heads.Spec(loss=loss, predictions=predictions, metrics=metrics)

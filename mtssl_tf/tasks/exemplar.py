@@ -44,6 +44,7 @@ import math
 import gin
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
@@ -373,21 +374,21 @@ class Exemplar(base.Task):
     Args:
       features: dict with 'exemplar/x1' and (except in PREDICT) 'exemplar/x2', float
         [B, S, S, 3].
-      mode: a `base.Mode`.
+      mode: a `heads.Mode`.
 
     Returns:
-      `base.Spec` with predictions {'exemplar/embedding': float32 [B, embedding_size], unit
+      `heads.Spec` with predictions {'exemplar/embedding': float32 [B, embedding_size], unit
       norm, of x1} and, except in PREDICT, the triplet loss and its metrics.
 
     Raises:
       ValueError: in TRAIN or EVAL, if the batch is known to hold fewer than 2 examples (the
         negative of each example is its neighbour's positive).
     """
-    training = mode == base.Mode.TRAIN
+    training = mode == heads.Mode.TRAIN
     x1 = features["exemplar/x1"]
-    if mode == base.Mode.PREDICT:
+    if mode == heads.Mode.PREDICT:
       embedding = self.embed(x1, training)
-      return base.Spec(predictions={"exemplar/embedding": tf.math.l2_normalize(
+      return heads.Spec(predictions={"exemplar/embedding": tf.math.l2_normalize(
           tf.cast(embedding, tf.float32), -1)})
     x2 = features["exemplar/x2"]
     batch = x1.shape[0]
@@ -405,4 +406,4 @@ class Exemplar(base.Task):
     negative = tf.roll(positive, shift=-1, axis=0)
     loss, metrics = triplet_loss(anchor, positive, negative)
     predictions = {"exemplar/embedding": tf.math.l2_normalize(tf.cast(anchor, tf.float32), -1)}
-    return base.Spec(loss=loss, predictions=predictions, metrics=metrics)
+    return heads.Spec(loss=loss, predictions=predictions, metrics=metrics)

@@ -21,6 +21,7 @@ import gin
 import tensorflow as tf
 
 from mtssl_tf import block4 as block4_lib
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf.data import sources
 from mtssl_tf.data import toy
@@ -145,13 +146,13 @@ class ImagenetLabels(base.Task):
         shuffle_buffer=self.shuffle_buffer)
 
   def model_fn(self, features, mode):
-    training = mode == base.Mode.TRAIN
+    training = mode == heads.Mode.TRAIN
     block3 = self.representation(features[self.key("image")], training)
     logits = tf.cast(self.block4(block3, training=training)["logits"], tf.float32)
     predictions = {self.key("logits"): logits,
                    self.key("class"): tf.argmax(logits, -1, output_type=tf.int32)}
-    if mode == base.Mode.PREDICT:
-      return base.Spec(predictions=predictions)
+    if mode == heads.Mode.PREDICT:
+      return heads.Spec(predictions=predictions)
     labels = features[self.key("label")]
     targets = tf.one_hot(labels, self.num_classes)
     cross_entropy = tf.reduce_mean(tf.keras.losses.categorical_crossentropy(
@@ -160,8 +161,8 @@ class ImagenetLabels(base.Task):
     top1 = tf.reduce_mean(tf.cast(tf.equal(predictions[self.key("class")], labels),
                                   tf.float32))
     top5 = tf.reduce_mean(tf.cast(tf.nn.in_top_k(labels, logits, 5), tf.float32))
-    return base.Spec(loss=loss, predictions=predictions,
-                     metrics={"cross_entropy": cross_entropy, "top1": top1, "top5": top5})
+    return heads.Spec(loss=loss, predictions=predictions,
+                      metrics={"cross_entropy": cross_entropy, "top1": top1, "top5": top5})
 
 
 def _tfds_num_classes(name):

@@ -19,6 +19,7 @@ the moving class (1 for a batch where neither the mask nor the prediction has mo
 import gin
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf.data import motion_records
 from mtssl_tf.tasks import base
@@ -166,14 +167,14 @@ class MotionSegmentation(base.Task):
         input_context, lambda ex: preprocess(ex, training=True, crop_size=self.crop_size))
 
   def model_fn(self, features, mode):
-    training = mode == base.Mode.TRAIN
+    training = mode == heads.Mode.TRAIN
     block3 = self.representation(features["motion_segmentation/image"], training)
     logits = tf.cast(self.head(block3, training=training), tf.float32)  # mixed precision
     predictions = {
         "motion_segmentation/logits": logits,
         "motion_segmentation/moving_probability": tf.nn.softmax(logits)[..., 1],
     }
-    if mode == base.Mode.PREDICT:
-      return base.Spec(predictions=predictions)
+    if mode == heads.Mode.PREDICT:
+      return heads.Spec(predictions=predictions)
     loss, metrics = motion_loss(logits, features["motion_segmentation/mask"])
-    return base.Spec(loss=loss, predictions=predictions, metrics=metrics)
+    return heads.Spec(loss=loss, predictions=predictions, metrics=metrics)

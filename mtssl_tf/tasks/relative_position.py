@@ -35,7 +35,7 @@ Per patch, against low-level shortcuts, in the original code's order:
        0-255 scale; `noise="gaussian"`, the 2015 paper's description: Gaussian with
        `noise_fraction` (1/100) of the kept channel's standard deviation.
      "harmonized": the paper's section 3.3: the patch is converted to Lab and only L is kept,
-       replicated to 3 channels, exactly colorization's input (`colorization.lightness_as_rgb`).
+       replicated to 3 channels, exactly colorization's input (`color.lightness_as_rgb`).
      "none": the patch as it is (tests use it to read pixel coordinates back).
   3. Normalization (`normalize`, the original code's "so that gradients are a less useful
      cue"): each channel loses the patch's own mean of that channel (in "drop" mode the kept
@@ -58,10 +58,10 @@ import gin
 import tensorflow as tf
 
 from mtssl_tf import color
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf.data import sources
 from mtssl_tf.tasks import base
-from mtssl_tf.tasks import colorization
 
 NUM_CLASSES = 8
 # (row step, column step) from the first patch's cell to the second's, indexed by label.
@@ -294,7 +294,7 @@ def preprocess(example,
                                                    None if s is None else s + 1),
           lambda p=patch: p)
     if color_mode == "harmonized":
-      patch = colorization.lightness_as_rgb(color.rgb_to_lab(patch / 255.0))
+      patch = color.lightness_as_rgb(color.rgb_to_lab(patch / 255.0))
     if normalize:
       patch = patch - tf.reduce_mean(patch, axis=[0, 1], keepdims=True)
     else:
@@ -369,7 +369,7 @@ class RelativePosition(base.Task):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
   def model_fn(self, features, mode):
-    training = mode == base.Mode.TRAIN
+    training = mode == heads.Mode.TRAIN
     patches = features["relative_position/patches"]
     size = patches.shape[2]
     if size != self.patch_size:
@@ -387,11 +387,11 @@ class RelativePosition(base.Task):
         "relative_position/probabilities": tf.nn.softmax(logits),
         "relative_position/label": tf.argmax(logits, -1, output_type=tf.int32),
     }
-    if mode == base.Mode.PREDICT:
-      return base.Spec(predictions=predictions)
+    if mode == heads.Mode.PREDICT:
+      return heads.Spec(predictions=predictions)
     labels = features["relative_position/label"]
     loss = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32)))
     accuracy = tf.reduce_mean(
         tf.cast(tf.equal(predictions["relative_position/label"], labels), tf.float32))
-    return base.Spec(loss=loss, predictions=predictions, metrics={"accuracy": accuracy})
+    return heads.Spec(loss=loss, predictions=predictions, metrics={"accuracy": accuracy})

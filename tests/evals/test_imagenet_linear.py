@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mtssl_tf import evaluation
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import trunk as trunk_lib
@@ -121,11 +122,11 @@ def test_model_fn_top1_and_top5_on_ranked_labels():
   images = tf.random.stateless_uniform([10, 96, 96, 3], [0, 1], -100, 100)
   features = {"imagenet_linear/image": images,
               "imagenet_linear/label": tf.constant(RANKED_LABELS)}
-  probe.model_fn(features, base.Mode.PREDICT)
+  probe.model_fn(features, heads.Mode.PREDICT)
   # Zero weights: every example's logits are the bias, whatever its features.
   probe.classifier.kernel.assign(tf.zeros_like(probe.classifier.kernel))
   probe.classifier.bias.assign(RANKED_BIAS)
-  spec = probe.model_fn(features, base.Mode.EVAL)
+  spec = probe.model_fn(features, heads.Mode.EVAL)
   np.testing.assert_allclose(spec.predictions["imagenet_linear/logits"],
                              np.tile(RANKED_BIAS, [10, 1]))
   assert float(spec.metrics["top1"]) == pytest.approx(0.1, abs=1e-7)
@@ -143,10 +144,10 @@ def test_eval_lasso_trains_alpha_and_leaves_the_trunk_without_gradient():
   features = {"imagenet_linear/image": tf.random.stateless_uniform([4, 96, 96, 3], [0, 2],
                                                                    -100, 100),
               "imagenet_linear/label": tf.constant([0, 3, 5, 7])}
-  probe.model_fn(features, base.Mode.PREDICT)
+  probe.model_fn(features, heads.Mode.PREDICT)
   alpha = probe.lasso.row("imagenet_linear")
   with tf.GradientTape() as tape:
-    loss = probe.model_fn(features, base.Mode.TRAIN).loss
+    loss = probe.model_fn(features, heads.Mode.TRAIN).loss
   grads = tape.gradient(loss, [alpha] + list(trunk.trainable_variables))
   assert grads[0] is not None and np.abs(grads[0].numpy()).max() > 0
   assert all(g is None for g in grads[1:])

@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
-from mtssl_tf.evals import base
 from mtssl_tf.evals import detection_metrics
 from mtssl_tf.evals import faster_rcnn
 from mtssl_tf.evals import voc_detection
@@ -162,7 +162,7 @@ def test_evaluation_loads_block4_when_its_variables_are_made(tmp_path):
       **dict(_SMALL, min_size=64, max_size=64, padded_size=(64, 64)))
   spec = evaluation.input_fn(None, "test").element_spec
   dummy = tf.nest.map_structure(lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
-  predictions = evaluation.model_fn(dummy, base.Mode.PREDICT).predictions
+  predictions = evaluation.model_fn(dummy, heads.Mode.PREDICT).predictions
   assert predictions["voc_detection/detection_boxes"].shape == (1, 300, 4)
   for var in evaluation.box_head.slim_variables.values():
     np.testing.assert_array_equal(var.numpy(), 0.25)

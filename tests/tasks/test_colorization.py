@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf import color
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import sources
@@ -111,14 +112,14 @@ def test_model_fn_shapes_and_gradients():
   batch = [colorization.preprocess(_image(seed=s), crop_size=32) for s in range(2)]
   features = {k: tf.stack([b[k] for b in batch]) for k in batch[0]}
   with tf.GradientTape() as tape:
-    spec = task.model_fn(features, base.Mode.TRAIN)
+    spec = task.model_fn(features, heads.Mode.TRAIN)
   assert spec.predictions["colorization/ab"].shape == (2, 4, 4, 2)
   assert np.isfinite(spec.loss.numpy()) and spec.loss.numpy() > 0
   variables = task.head.trainable_variables + trunk.trainable_variables
   grads = tape.gradient(spec.loss, variables)
   assert all(g is not None for g in grads)
   assert set(spec.metrics) == {"accuracy", "color_fraction"}
-  predict = task.model_fn(features, base.Mode.PREDICT)
+  predict = task.model_fn(features, heads.Mode.PREDICT)
   assert predict.loss is None
 
 
@@ -127,7 +128,7 @@ def test_task_runs_the_shared_trunk_at_stride_8_whatever_its_default():
   task = colorization.Colorization(trunk, head_width=8, crop_size=32)
   features = colorization.preprocess(_image(), crop_size=32)
   features = {k: v[None] for k, v in features.items()}
-  spec = task.model_fn(features, base.Mode.PREDICT)
+  spec = task.model_fn(features, heads.Mode.PREDICT)
   assert spec.predictions["colorization/ab"].shape == (1, 4, 4, 2)
   # The same variables at stride 32: no new ones were made.
   num_variables = len(trunk.variables)
@@ -147,7 +148,7 @@ def test_input_fn_on_the_toy_source_per_replica_batches():
   assert features["colorization/image"].shape == (2, 32, 32, 3)
   assert features["colorization/ab_target"].shape == (2, 4, 4, 2)
   assert features["colorization/has_color"].dtype == tf.bool
-  spec = task.model_fn(features, base.Mode.EVAL)
+  spec = task.model_fn(features, heads.Mode.EVAL)
   assert np.isfinite(spec.loss.numpy())
 
 

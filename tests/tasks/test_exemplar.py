@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import sources
@@ -303,7 +304,7 @@ def test_model_fn_loss_gradients_prediction_and_batch_of_one():
   assert isinstance(task, exemplar.Exemplar) and task.output_stride == 32
   features = _features(4)
   with tf.GradientTape() as tape:
-    spec = task.model_fn(features, base.Mode.TRAIN)
+    spec = task.model_fn(features, heads.Mode.TRAIN)
   assert np.isfinite(spec.loss.numpy()) and spec.loss.numpy() > 0
   assert set(spec.metrics) == {"triplet_accuracy", "positive_distance", "negative_distance",
                                "active_fraction"}
@@ -313,14 +314,14 @@ def test_model_fn_loss_gradients_prediction_and_batch_of_one():
   grads = tape.gradient(spec.loss, head_variables + trunk_variables)
   assert all(g is not None for g in grads)
   assert all(np.abs(g.numpy()).sum() > 0 for g in grads[:len(head_variables)])
-  predict = task.model_fn({"exemplar/x1": features["exemplar/x1"]}, base.Mode.PREDICT)
+  predict = task.model_fn({"exemplar/x1": features["exemplar/x1"]}, heads.Mode.PREDICT)
   assert predict.loss is None
   embedding = predict.predictions["exemplar/embedding"].numpy()
   assert embedding.shape == (4, 8)
   np.testing.assert_allclose(np.linalg.norm(embedding, axis=-1), 1.0, rtol=1e-5)
   one = {k: v[:1] for k, v in features.items()}
   with pytest.raises(ValueError, match="at least 2 examples"):
-    task.model_fn(one, base.Mode.TRAIN)
+    task.model_fn(one, heads.Mode.TRAIN)
 
 
 def test_model_fn_negatives_are_the_next_examples_positives():
@@ -329,7 +330,7 @@ def test_model_fn_negatives_are_the_next_examples_positives():
   rng = np.random.RandomState(0)
   features = {k: tf.constant(rng.normal(0, 60, [3, 32, 32, 3]).astype(np.float32))
               for k in ("exemplar/x1", "exemplar/x2")}
-  spec = task.model_fn(features, base.Mode.EVAL)
+  spec = task.model_fn(features, heads.Mode.EVAL)
   # In EVAL batch norm uses its moving statistics, so embedding each input alone is the same.
   e1 = task.embed(features["exemplar/x1"], training=False)
   e2 = task.embed(features["exemplar/x2"], training=False)
@@ -357,7 +358,7 @@ def test_input_fn_on_the_toy_source_per_replica_batches():
   for key in ("exemplar/x1", "exemplar/x2"):
     assert features[key].shape == (2, 32, 32, 3) and features[key].dtype == tf.float32
   assert not np.allclose(features["exemplar/x1"], features["exemplar/x2"])
-  spec = task.model_fn(features, base.Mode.EVAL)
+  spec = task.model_fn(features, heads.Mode.EVAL)
   assert np.isfinite(spec.loss.numpy())
 
 

@@ -8,11 +8,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mtssl_tf import block4 as block4_lib
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
-from mtssl_tf.tasks import base
 from mtssl_tf.tasks import imagenet_labels
 
 
@@ -69,7 +69,7 @@ def test_network_has_slim_resnet_v2_names_and_1001_logits():
   task = imagenet_labels.ImagenetLabels(trunk, dataset="toy", batch_size=2)
   assert task.num_classes == imagenet_labels.TOY_NUM_CLASSES + 1
   spec = task.model_fn({"imagenet_labels/image": tf.zeros([2, 64, 64, 3]),
-                        "imagenet_labels/label": tf.constant([1, 2])}, base.Mode.TRAIN)
+                        "imagenet_labels/label": tf.constant([1, 2])}, heads.Mode.TRAIN)
   names = {v.name.split(":")[0]: v.shape.as_list() for v in task.head_variables}
   assert names["resnet_v2_26/logits/weights"] == [1, 1, 2048, 9]
   assert names["resnet_v2_26/logits/biases"] == [9]
@@ -88,7 +88,7 @@ def test_top1_and_top5_on_labels_ranked_first_to_ninth():
   task = imagenet_labels.ImagenetLabels(trunk, dataset="toy", batch_size=11)
   features = {"imagenet_labels/image": tf.random.stateless_uniform([11, 64, 64, 3], [0, 1],
                                                                    -100, 100)}
-  task.model_fn(features, base.Mode.PREDICT)
+  task.model_fn(features, heads.Mode.PREDICT)
   # Zero weights: every example's 9 logits are the biases, which rank the classes
   # 4, 0, 7, 2, 8, 1, 5, 3, 6 (best first).
   variables = task.block4.slim_variables
@@ -98,7 +98,7 @@ def test_top1_and_top5_on_labels_ranked_first_to_ninth():
       [0.8, 0.4, 0.6, 0.2, 0.9, 0.3, 0.1, 0.7, 0.5])
   # Labels ranked 1st, 2nd, ..., 9th, then 5th and 6th: 1 of 11 in the top 1, 6 in the top 5.
   features["imagenet_labels/label"] = tf.constant([4, 0, 7, 2, 8, 1, 5, 3, 6, 8, 1])
-  metrics = task.model_fn(features, base.Mode.EVAL).metrics
+  metrics = task.model_fn(features, heads.Mode.EVAL).metrics
   assert float(metrics["top1"]) == pytest.approx(1 / 11, abs=1e-7)
   assert float(metrics["top5"]) == pytest.approx(6 / 11, abs=1e-7)
 

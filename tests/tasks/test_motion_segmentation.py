@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.data import motion_records
@@ -88,13 +89,13 @@ def test_model_fn_shapes_and_gradients():
   batch = [ms.preprocess(_example(seed=s), crop_size=32) for s in range(2)]
   features = {k: tf.stack([b[k] for b in batch]) for k in batch[0]}
   with tf.GradientTape() as tape:
-    spec = task.model_fn(features, base.Mode.TRAIN)
+    spec = task.model_fn(features, heads.Mode.TRAIN)
   assert spec.predictions["motion_segmentation/logits"].shape == (2, 4, 4, 2)
   assert np.isfinite(spec.loss.numpy())
   grads = tape.gradient(spec.loss, trunk.trainable_variables + task.head_variables)
   assert all(g is not None for g in grads)
   assert len(task.head_variables) == 7  # BN (2), conv, BN (2), conv kernel and bias
-  assert task.model_fn(features, base.Mode.PREDICT).loss is None
+  assert task.model_fn(features, heads.Mode.PREDICT).loss is None
 
 
 def test_input_fn_on_the_toy_clips_per_replica():
@@ -108,5 +109,5 @@ def test_input_fn_on_the_toy_clips_per_replica():
   features = next(iter(task.input_fn(context)))
   assert features["motion_segmentation/image"].shape == (2, 64, 64, 3)
   assert features["motion_segmentation/mask"].shape == (2, 8, 8)
-  spec = task.model_fn(features, base.Mode.EVAL)
+  spec = task.model_fn(features, heads.Mode.EVAL)
   assert 0.0 <= spec.metrics["moving_iou"].numpy() <= 1.0

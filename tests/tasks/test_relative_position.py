@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mtssl_tf import color
+from mtssl_tf import heads
 from mtssl_tf import input_convention
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
@@ -342,7 +343,7 @@ def test_model_fn_shapes_loss_and_gradients():
   task = base.get("relative_position")(trunk, fc_width=16, batch_size=3, patch_size=32)
   features = _batch(3)
   with tf.GradientTape() as tape:
-    spec = task.model_fn(features, base.Mode.TRAIN)
+    spec = task.model_fn(features, heads.Mode.TRAIN)
   assert spec.predictions["relative_position/probabilities"].shape == (3, 8)
   assert np.isfinite(spec.loss.numpy()) and spec.loss.numpy() > 0
   variables = trunk.trainable_variables + task.head_variables
@@ -354,9 +355,9 @@ def test_model_fn_shapes_loss_and_gradients():
   # Per-patch head sees block 3 of a 32px patch at stride 32: 1x1x1024 -> fc_width.
   assert task.patch_head.layers[-1].kernel.shape == (1024, 16)
   assert task.pair_head.layers[0].kernel.shape == (32, 16)
-  assert task.model_fn(features, base.Mode.PREDICT).loss is None
+  assert task.model_fn(features, heads.Mode.PREDICT).loss is None
   with pytest.raises(ValueError, match="head was built for 32px"):
-    task.model_fn(_batch(2, patch_size=64), base.Mode.EVAL)
+    task.model_fn(_batch(2, patch_size=64), heads.Mode.EVAL)
 
 
 def test_pair_order_matters_to_the_head():
@@ -365,8 +366,8 @@ def test_pair_order_matters_to_the_head():
   features = _batch(2, seed=1)
   swapped = dict(features)
   swapped["relative_position/patches"] = features["relative_position/patches"][:, ::-1]
-  p1 = task.model_fn(features, base.Mode.PREDICT).predictions
-  p2 = task.model_fn(swapped, base.Mode.PREDICT).predictions
+  p1 = task.model_fn(features, heads.Mode.PREDICT).predictions
+  p2 = task.model_fn(swapped, heads.Mode.PREDICT).predictions
   l1, l2 = p1["relative_position/logits"].numpy(), p2["relative_position/logits"].numpy()
   assert np.abs(l1 - l2).max() > 1e-3 * np.abs(l1).max()
 
