@@ -81,6 +81,7 @@ import numpy as np
 import tensorflow as tf
 
 from mtssl_tf import distribute
+from mtssl_tf import files
 from mtssl_tf import heads
 from mtssl_tf import lasso as lasso_lib
 from mtssl_tf import precision as precision_lib
@@ -101,7 +102,8 @@ CHECKPOINT_NAME = "ckpt"
 # directory (`MultiDeviceSaver.save`: "<prefix>_temp", "<prefix>_temp_<hex>" in older versions),
 # the files its tensor bundle writer had not yet renamed ("<file>.tempstate<random>"), the
 # `checkpoint` index file written through `file_io.atomic_write_string_to_file`
-# ("checkpoint.tmp<uuid hex>"), and our own operative config's ("operative_config.gin.tmp-<pid>").
+# ("checkpoint.tmp<uuid hex>"), and our own operative config's (`files.temporary_name`:
+# "operative_config.gin.tmp-<pid>").
 _INCOMPLETE_SAVE_DIR = re.compile(rf"{CHECKPOINT_NAME}-\d+_temp(_[0-9a-f]+)?")
 _INCOMPLETE_SAVE_FILE = re.compile(
     rf"{CHECKPOINT_NAME}-\d+\.(index|data-\d{{5}}-of-\d{{5}})\.tempstate\d+"
@@ -797,11 +799,8 @@ class MultiTaskTrainer:
     if not self.is_chief:
       return
     config = gin.operative_config_str()
-    path = os.path.join(self.model_dir, "operative_config.gin")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(config)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    files.write_atomically(os.path.join(self.model_dir, "operative_config.gin"),
+                           lambda f: f.write(config))
     tf.summary.text("operative_config", config, step=int(self.global_step.numpy()))
 
   def _log_progress(self, step, num_steps, counts, start_step, start_time, recent, compute,

@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mtssl_tf import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf.data import motion_labels  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -188,10 +189,7 @@ def shard_name(index, count):
 
 
 def _write_json(path, value):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_atomically(path, lambda f: json.dump(value, f, indent=1, sort_keys=True))
 
 
 _PROGRESS_QUEUE = None
@@ -223,8 +221,7 @@ def process_shard(job):
   summary = {"shard": index, "videos": len(videos), "videos_labelled": 0, "frames": 0,
              "empty_masks": 0, "moving_fraction_sum": 0.0, "failed_flow_steps": 0,
              "skipped": {reason: [] for reason in SKIP_REASONS}}
-  tmp = f"{name}.tfrecord.tmp-{os.getpid()}"
-  with tf.io.TFRecordWriter(tmp) as writer:
+  with files.atomic_path(f"{name}.tfrecord") as tmp, tf.io.TFRecordWriter(tmp) as writer:
     for path, video_id in videos:
       frames = 0
       try:
@@ -243,7 +240,6 @@ def process_shard(job):
       summary["frames"] += frames
       if _PROGRESS_QUEUE is not None:
         _PROGRESS_QUEUE.put((1, frames))
-  os.replace(tmp, f"{name}.tfrecord")
   _write_json(f"{name}.json", summary)
   return summary
 
@@ -349,7 +345,7 @@ def prepare(videos, output_dir, settings, num_workers=1, videos_per_shard=16, ov
   _check_settings(output_dir, record, overwrite)
   # Temporary files of a run that was stopped are never complete shards.
   for name in os.listdir(output_dir):
-    if ".tmp-" in name:
+    if files.is_temporary(name, rf"{SHARD_PREFIX}-\d{{5}}-of-\d{{5}}\.tfrecord|.+\.json"):
       os.remove(os.path.join(output_dir, name))
   jobs = []
   for index in range(count):
