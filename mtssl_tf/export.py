@@ -139,15 +139,18 @@ def export_trunk(trunk, export_dir, source_checkpoint=None, overwrite=False):
   return export_dir
 
 
-def export_from_checkpoint(checkpoint, export_dir, overwrite=False, **trunk_kwargs):
+def export_from_checkpoint(checkpoint, export_dir, overwrite=False, output_stride=32,
+                           **trunk_kwargs):
   """Builds a trunk of the checkpoint's depth, loads the checkpoint and exports it.
 
   Args:
     checkpoint: slim's public `resnet_v2_<depth>.ckpt`, one of ours, or a directory.
     export_dir: target directory.
     overwrite: replace an existing `export_dir`.
-    **trunk_kwargs: `Trunk` arguments other than depth (output stride, weight decay, batch
-      norm settings); those not given come from gin bindings of `Trunk`.
+    output_stride: the SavedModel's block-3 stride, 8, 16 or 32 (32: slim's classification
+      trunk; section 5 of the paper runs detection and depth at 16).
+    **trunk_kwargs: other `Trunk` arguments than depth (weight decay, batch norm settings);
+      those not given come from gin bindings of `Trunk`.
 
   Returns:
     (export_dir, the `CheckpointReport` of the load).
@@ -166,7 +169,7 @@ def export_from_checkpoint(checkpoint, export_dir, overwrite=False, **trunk_kwar
     raise ValueError(f"Trunk.depth = {bound!r} (gin) but {prefix} holds a depth-{depth} trunk "
                      f"(resnet_v2_{depth}); drop the binding, bind Trunk.depth = {depth}, or "
                      f"export a depth-{bound} checkpoint.")
-  trunk = trunk_lib.Trunk(depth=depth, **trunk_kwargs)
+  trunk = trunk_lib.Trunk(depth=depth, output_stride=output_stride, **trunk_kwargs)
   report = trunk_lib.init_from_checkpoint(trunk, prefix)
   export_trunk(trunk, export_dir, source_checkpoint=prefix, overwrite=overwrite)
   return export_dir, report

@@ -114,7 +114,7 @@ def _check_depth(depth):
 def _check_output_stride(output_stride):
   if output_stride not in OUTPUT_STRIDES:
     raise ValueError(f"Unknown output_stride {output_stride!r}: choose one of "
-                     f"{list(OUTPUT_STRIDES)} (gin: Trunk.output_stride).")
+                     f"{list(OUTPUT_STRIDES)}.")
 
 
 def slim_variable_getter(layer, getter, name, *args, **kwargs):
@@ -143,7 +143,10 @@ def slim_variable_getter(layer, getter, name, *args, **kwargs):
   return precision.float32_storage_getter(getter, name, *args, **kwargs)
 
 
-@gin.configurable
+# `output_stride` is not a gin setting: each task and evaluation calls the shared trunk at the
+# stride the paper gives it (`heads.Head.output_stride`), whatever the trunk's own is, so a
+# global binding would only reach callers that do not choose (see `Trunk.__init__`).
+@gin.configurable(denylist=["output_stride"])
 class Trunk(tf.keras.layers.Layer):
   """ResNet-v2 up to the end of block 3, returning a dict of named endpoints.
 
@@ -178,7 +181,9 @@ class Trunk(tf.keras.layers.Layer):
 
     Args:
       depth: network depth in slim's sense; one of `BLOCK_UNITS`.
-      output_stride: ratio of input to block-3 output size; 8, 16 or 32.
+      output_stride: ratio of input to block-3 output size (8, 16 or 32) of calls that do not
+        choose one: `trunk(images)` and an exported SavedModel (the `output_stride` of
+        `export.export_from_checkpoint`). Tasks and evaluations pass their own to every call.
       weight_decay: L2 weight decay on conv weights, reported through `self.losses`.
       batch_norm_decay: moving-average decay of batch norm statistics.
       batch_norm_epsilon: batch norm epsilon.

@@ -111,7 +111,7 @@ def test_binary_exports_a_tf1_slim_style_checkpoint(tmp_path):
   export_dir = str(tmp_path / "export")
   env = dict(os.environ, PYTHONPATH=_REPO)
   cmd = [sys.executable, "-m", "mtssl_tf.bin.export", f"--checkpoint={prefix}",
-         f"--export_dir={export_dir}", "--gin_param=Trunk.output_stride = 8",
+         f"--export_dir={export_dir}", "--output_stride=8",
          "--gin_param=Trunk.depth = 26"]  # the checkpoint's depth: accepted
   result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,5 +1,6 @@
 """Tests of the slim ResNet-v2 trunk truncated after block 3."""
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -229,6 +230,22 @@ def test_runs_under_mirrored_strategy_with_two_replicas():
 def test_bad_configuration_is_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
     trunk_lib.Trunk(**kwargs)
+
+
+def test_output_stride_is_not_a_gin_setting():
+  # Tasks and evaluations call the trunk at their own strides, so a global binding could only
+  # mislead; parsing it fails in one line that says where strides are chosen.
+  from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError) as raised:
+      common.parse_gin([], ["Trunk.output_stride = 16"])
+  finally:
+    gin.clear_config()
+  assert str(raised.value) == (
+      "--gin_param 'Trunk.output_stride = 16': Configurable 'Trunk' has denylisted kwarg "
+      "'output_stride'. Each task and evaluation calls the trunk at the paper's stride for it; "
+      "an export's stride is mtssl-export --output_stride.")
 
 
 def test_bad_input_is_named():

@@ -103,7 +103,7 @@ def define_gin_flags():
       "gin_file", [], "Gin config files, applied in order. Relative paths are looked up in the "
       "current directory, then in the repository's gin/ directory.")
   flags.DEFINE_multi_string(
-      "gin_param", [], "Gin bindings applied after the files, e.g. 'Trunk.output_stride = 16'.")
+      "gin_param", [], "Gin bindings applied after the files, e.g. 'TaskSettings.learning_rate = 1e-4'.")
 
 
 class _GinIncludeNoise(std_logging.Filter):
@@ -146,6 +146,9 @@ def _gin_suggestion(message):
       except (TypeError, ValueError):
         return ""
       return _close_matches(parameter.group(2), names)
+  if re.match(r"Configurable '[^']*Trunk' has denylisted kwarg 'output_stride'", message):
+    return (" Each task and evaluation calls the trunk at the paper's stride for it; an "
+            "export's stride is mtssl-export --output_stride.")
   return ""
 
 
