@@ -45,8 +45,8 @@ def make_strategy(name="default", devices=None):
     ValueError: for an unknown name, or "multi_worker" without a TF_CONFIG naming a cluster.
   """
   if name not in STRATEGIES:
-    raise ValueError(f"Unknown strategy {name!r}; choose one of {STRATEGIES} (flag --strategy "
-                     "or gin make_strategy.name).")
+    raise ValueError(f"Unknown strategy {name!r}; choose one of {STRATEGIES} "
+                     "(run_training.strategy_name, or make_strategy.name).")
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":

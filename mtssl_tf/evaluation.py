@@ -297,8 +297,8 @@ class Evaluator:
     self.prefix = None
     if init == "checkpoint" and trunk is None:
       if not checkpoint:
-        raise ValueError("Give a checkpoint (mtssl-evaluate --checkpoint or --checkpoint_dir), "
-                         "or init='random' (--init=random).")
+        raise ValueError("No trunk to evaluate: give evaluate.checkpoint (a checkpoint prefix "
+                         "or a run directory), or evaluate.init = 'random'.")
       self.prefix = trunk_lib.resolve_checkpoint(checkpoint)
     self.tag = "random" if self.prefix is None else os.path.basename(self.prefix)
     self.strategy = strategy or tf.distribute.get_strategy()
@@ -646,7 +646,8 @@ def evaluate_directory(eval_name, checkpoint_dir, output_dir, poll_secs=60.0,
     ValueError: if checkpoint_dir does not exist.
   """
   if not tf.io.gfile.isdir(checkpoint_dir):
-    raise ValueError(f"--checkpoint_dir={checkpoint_dir!r} is not a directory.")
+    raise ValueError(f"evaluate_directory.checkpoint_dir = {checkpoint_dir!r} is not a "
+                     "directory.")
   written, idle_since = [], time.time()
   while True:
     lasso = kwargs.get("use_lasso", False)

@@ -270,8 +270,9 @@ def _refusal(model_dir, checkpoint, refused):
            f"{os.path.basename(checkpoint)}); not resuming it:"]
   lines += [f"  {c.binding}: {c.old} in its {OPERATIVE_CONFIG}, now {c.new}" for c in refused]
   lines.append(f"Nothing in {model_dir} was changed. To resume it, bind those settings back "
-               "to their old values. To train this configuration, use a new --model_dir, "
-               f"with --warm_start_from={model_dir} to start from this run's trunk.")
+               "to their old values. To train this configuration, use a new "
+               f"run_training.model_dir, with run_training.warm_start_from = '{model_dir}' to "
+               "start from this run's trunk.")
   return "\n".join(lines)
 
 

@@ -95,7 +95,8 @@ def test_a_change_to_what_the_checkpoint_holds_is_refused_and_the_directory_unto
   for binding, old, new in refused:
     assert f"{binding}: {old} in its operative_config.gin, now {new}" in message
   assert "learning_rate" not in message and "num_steps" not in message
-  assert "--model_dir" in message and f"--warm_start_from={model_dir}" in message
+  assert "run_training.model_dir" in message
+  assert f"run_training.warm_start_from = '{model_dir}'" in message
   assert _hashes(model_dir) == before
 
 

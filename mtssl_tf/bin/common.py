@@ -258,12 +258,26 @@ def _quiet_console():
   std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
 
 
-def run(main, program):
+def with_flags(message, flag_for):
+  """`message` (which names library settings) followed by the binary's flags for those it names.
+
+  Args:
+    message: one line, e.g. "... use a new run_training.model_dir ...".
+    flag_for: {library setting: the binary's flag that sets it}, e.g.
+      {"run_training.model_dir": "--model_dir"}.
+  """
+  named = [f"{flag} sets {name}" for name, flag in (flag_for or {}).items() if name in message]
+  return f"{message} ({'; '.join(named)})" if named else message
+
+
+def run(main, program, flag_for=None):
   """Runs `main` under absl's `app.run`; an error ends the program with one line.
 
   Args:
     main: the binary's main(argv).
     program: its name as typed, e.g. "mtssl-train", prefixed to error lines.
+    flag_for: {library setting: flag} for `with_flags`: library errors name gin settings and
+      arguments; the line the user sees adds the binary's flag for each.
   """
 
   def guarded_main(argv):
@@ -277,7 +291,7 @@ def run(main, program):
     except Exception as e:  # pylint: disable=broad-except
       if verbose:
         raise
-      message = one_line(e)
+      message = with_flags(one_line(e), flag_for)
       if not isinstance(e, _EXPLAINED):
         message = f"{type(e).__name__}: {message} (--verbose shows the traceback)"
       print(f"{program}: {message}", file=sys.stderr)

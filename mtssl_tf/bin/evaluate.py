@@ -46,6 +46,9 @@ flags.DEFINE_float("poll_secs", 60.0, "With --checkpoint_dir: seconds between lo
 flags.DEFINE_float("stop_after_idle_secs", 0.0, "With --checkpoint_dir: stop when no new "
                    "checkpoint came for this long (0: when all present ones are done).")
 common.define_gin_flags()
+# The library settings these flags set, added to an error line that names one.
+FLAG_FOR = {"evaluate.checkpoint": "--checkpoint", "evaluate.init": "--init",
+            "evaluate_directory.checkpoint_dir": "--checkpoint_dir"}
 
 
 def main(argv):
@@ -78,7 +81,7 @@ def main(argv):
 
 
 def run():
-  common.run(main, "mtssl-evaluate")
+  common.run(main, "mtssl-evaluate", flag_for=FLAG_FOR)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,10 @@ flags.DEFINE_bool("list_experiments", False, "Print every row of the paper's Tab
                   "gin file, its training and evaluation commands and the paper's numbers, and "
                   "exit.")
 common.define_gin_flags()
+# The library settings these flags set, added to an error line that names one.
+FLAG_FOR = {"run_training.model_dir": "--model_dir",
+            "run_training.warm_start_from": "--warm_start_from",
+            "run_training.strategy_name": "--strategy"}
 
 
 def main(argv):
@@ -129,7 +133,7 @@ def main(argv):
 
 
 def run():
-  common.run(main, "mtssl-train")
+  common.run(main, "mtssl-train", flag_for=FLAG_FOR)
 
 
 if __name__ == "__main__":
