@@ -103,7 +103,8 @@ def define_gin_flags():
       "gin_file", [], "Gin config files, applied in order. Relative paths are looked up in the "
       "current directory, then in the repository's gin/ directory.")
   flags.DEFINE_multi_string(
-      "gin_param", [], "Gin bindings applied after the files, e.g. 'TaskSettings.learning_rate = 1e-4'.")
+      "gin_param", [], "Gin bindings applied after the files, e.g. "
+      "'TaskSettings.learning_rate = 1e-4'.")
 
 
 class _GinIncludeNoise(std_logging.Filter):

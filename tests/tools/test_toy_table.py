@@ -1,0 +1,68 @@
+"""Tests of tools/toy_table.py: the rows' configurations, the table and the chart it writes."""
+
+import importlib.util
+import json
+import os
+
+import gin
+import numpy as np
+from PIL import Image
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# tools/ is not a package: load the binary's module from its file (defines no flags).
+_spec = importlib.util.spec_from_file_location("toy_table",
+                                               os.path.join(_ROOT, "tools", "toy_table.py"))
+toy_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toy_table)
+
+
+def _result(directory, evaluation, metrics, step):
+  """A results JSON as mtssl_tf.evaluation writes it (step None: random init)."""
+  os.makedirs(directory, exist_ok=True)
+  tag = "random" if step is None else f"ckpt-{step}"
+  with open(os.path.join(directory, f"{evaluation}-{tag}.json"), "w") as f:
+    json.dump({"evaluation": evaluation, "init": "random" if step is None else "checkpoint",
+               "checkpoint": None if step is None else f"/runs/x/ckpt-{step}",
+               "pretraining": None if step is None else {"global_step": step},
+               "metrics": metrics, "lasso_alpha": None}, f)
+
+
+def test_each_row_trains_its_own_tasks_on_the_demo_configuration():
+  try:
+    toy_table.configure(["colorization"], gin_params=["TaskSettings.learning_rate = 1e-3"])
+    assert gin.query_parameter("MultiTaskTrainer.tasks") == ["colorization"]
+    assert gin.query_parameter("Trunk.depth") == 26  # demo.gin's trunk
+    assert gin.query_parameter("TaskSettings.learning_rate") == 1e-3
+    toy_table.configure(None)  # the random row keeps demo.gin's four tasks
+    assert len(gin.query_parameter("MultiTaskTrainer.tasks")) == 4
+  finally:
+    gin.clear_config()
+
+
+def test_table_and_chart_from_results(tmp_path):
+  # Toy numbers: top-1 and mAP as fractions, depth in percent (as the evaluations write them).
+  numbers = {"rp": (0.30, 0.20, 40.0), "ex": (0.25, 0.10, 35.0), "random": (0.15, 0.05, 30.0)}
+  dirs = {}
+  for row, (top1, map50, delta1) in numbers.items():
+    dirs[row] = str(tmp_path / row)
+    step = None if row == "random" else 240
+    _result(dirs[row], "imagenet_linear", {"top1": top1, "top5": 0.9}, step)
+    _result(dirs[row], "voc_detection", {"map50_voc07": map50}, step)
+    _result(dirs[row], "nyu_depth", {"delta1_pct": delta1}, step)
+  rows = toy_table.load(dirs)
+  text = toy_table.markdown(rows, num_steps=240, seed=0)
+  lines = text.splitlines()
+  assert lines[0] == ("| Pre-training | toy shapes top-1 | toy detection mAP | "
+                      "toy depth % < 1.25 |")
+  # Rows in the paper's order (ex after rp), ours in percent beside Table 1's numbers.
+  assert lines[2] == "| Rel. Pos. | 30.0 (36.2) | 20.0 (66.8) | 40.0 (80.6) |"
+  assert lines[3] == "| Exemplar | 25.0 (31.5) | 10.0 | 35.0 (71.3) |"
+  assert lines[4] == "| Random Init | 15.0 | 5.0 | 30.0 |"
+  assert "240 global steps per row" in text
+  path = str(tmp_path / "chart.png")
+  drawn = toy_table.plot(rows, path)
+  assert drawn == {"imagenet_linear": [30.0, 25.0], "voc_detection": [20.0, 10.0],
+                   "nyu_depth": [40.0, 35.0]}
+  image = np.asarray(Image.open(path))
+  assert image.shape[:2] == (340, 1200)
+  assert os.listdir(tmp_path).count("chart.png") == 1
