@@ -572,6 +572,26 @@ class MultiTaskTrainer:
     self._steps[(name, apply)] = step
     return step
 
+  def run_step(self, name, apply):
+    """Runs one step of task `name` on its next batch, and nothing else.
+
+    `train` calls it once per global step and does the rest around it (schedule, counters,
+    divergence checks, summaries, checkpoints); alone it moves no counter and saves nothing, so
+    a caller can time the compiled steps without the loop (tools/benchmarks/training.py does).
+
+    Args:
+      name: one of the trainer's tasks.
+      apply: True: apply the task's gradient (plus its accumulators, divided by its
+        accumulation_steps) with its optimizer and zero the accumulators; False: add the
+        gradient to its accumulators.
+
+    Returns:
+      (loss, flags, metrics): the task's loss (without weight decay and lasso) and its metrics
+      ({name: scalar}), each the mean over replicas, and flags, a float32 [2] tensor: how many
+      replicas had a NaN or Inf in their gradients, and in the values the step wrote.
+    """
+    return self._step_fn(name, apply)(self._iterators[name])
+
   # --- the loop ---------------------------------------------------------------------------
 
   def _agree(self, *flags):
@@ -669,26 +689,9 @@ class MultiTaskTrainer:
         name = self.names[index]
         counts[index] += 1
         apply = counts[index] % self.settings[name].accumulation_steps == 0
-        loss, flags, metrics = self._step_fn(name, apply)(self._iterators[name])
+        loss, flags, metrics = self.run_step(name, apply)
         loss_value = float(loss)
-        bad_grads, bad_values = (int(f) for f in flags.numpy())
-        if bad_grads and self._loss_scaled(name) and np.isfinite(loss_value):
-          # float16 overflow: the loss-scale optimizer skips (or, accumulating, will skip)
-          # the update and lowers the scale. Expected now and then; counted, not fatal.
-          self.skipped_updates[name] += 1
-          bad_grads = 0
-        # The step's screen failed: which values are NaN or Inf, exactly (none: huge values).
-        nonfinite = self._nonfinite_variables() if bad_values else []
-        if bad_values and not nonfinite and name not in self._warned_huge:
-          self._warned_huge.add(name)
-          logging.warning(
-              "Task %r at global step %d: its weights, slots or accumulators hold finite values "
-              "so large (~1e16 or more) that their squares overflow; it is probably diverging "
-              "(lower %s/TaskSettings.learning_rate).", name, step + 1, name)
-        if not np.isfinite(loss_value) or bad_grads or nonfinite:
-          self._diverged = True
-          raise NonFiniteLoss(self._divergence_message(
-              name, step + 1, counts[index], loss_value, bad_grads, nonfinite))
+        self._screen_step(name, step + 1, counts[index], loss_value, flags)
         step += 1
         compute += self.settings[name].cost_per_step
         last_loss[name] = loss_value
@@ -738,6 +741,39 @@ class MultiTaskTrainer:
     return {"step": step, "task_steps": dict(zip(self.names, counts)), "last_loss": last_loss,
             **loss_windows(first, latest, ran),
             "stopped_by_signal": stopped, "checkpoint": checkpoint}
+
+  def _screen_step(self, name, step, task_step, loss, flags):
+    """Stops the run at a step whose loss, gradients or written values are not all finite.
+
+    Args:
+      name: the step's task.
+      step, task_step: the global step and the task's step it was.
+      loss: its loss (a float).
+      flags: `run_step`'s flags: replicas with a NaN or Inf in their gradients, and in the
+        values the step wrote.
+
+    Raises:
+      NonFiniteLoss: naming the task, the step and the last clean checkpoint; from then on the
+        trainer refuses to save.
+    """
+    bad_grads, bad_values = (int(f) for f in flags.numpy())
+    if bad_grads and self._loss_scaled(name) and np.isfinite(loss):
+      # float16 overflow: the loss-scale optimizer skips (or, accumulating, will skip) the
+      # update and lowers the scale. Expected now and then; counted, not fatal.
+      self.skipped_updates[name] += 1
+      bad_grads = 0
+    # The step's screen failed: which values are NaN or Inf, exactly (none: huge values).
+    nonfinite = self._nonfinite_variables() if bad_values else []
+    if bad_values and not nonfinite and name not in self._warned_huge:
+      self._warned_huge.add(name)
+      logging.warning(
+          "Task %r at global step %d: its weights, slots or accumulators hold finite values so "
+          "large (~1e16 or more) that their squares overflow; it is probably diverging (lower "
+          "%s/TaskSettings.learning_rate).", name, step, name)
+    if not np.isfinite(loss) or bad_grads or nonfinite:
+      self._diverged = True
+      raise NonFiniteLoss(self._divergence_message(name, step, task_step, loss, bad_grads,
+                                                   nonfinite))
 
   def _nonfinite_variables(self):
     """Names of the checkpointed variables holding a NaN or an Inf (as a checkpoint reads them).

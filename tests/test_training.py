@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mtssl_tf import heads
 from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
@@ -361,3 +362,34 @@ def test_a_tasks_update_does_not_depend_on_its_loss_scale(tmp_path):
   slim = training.MultiTaskTrainer(str(tmp_path / "slim"), tasks=[name], input_fns=batches)
   reference, large = map(np.linalg.norm, _first_trunk_updates(slim, name, [1.0, 100.0]))
   assert large / reference > 20, (reference, large)
+
+
+@pytest.mark.xdist_group("test_training_run")
+def test_run_step_runs_one_step_and_leaves_the_bookkeeping_to_train(run):
+  trainer, name = run.trainer, "exemplar"  # accumulates 3 steps per apply
+  variables, accumulators = trainer.var_lists[name], trainer.accumulators[name]
+  counters = (int(trainer.global_step), int(trainer.task_steps[name]))
+  iterations = int(trainer.optimizers[name].iterations)
+  start = [v.numpy() for v in variables]
+  summed = [a.numpy() for a in accumulators]
+  # The step's loss and gradient by hand, on its fixed batch: the task's loss, weight decay and
+  # the task's lasso penalty (paper section 3.2).
+  batch = next(iter(run.input_fns[name](tf.distribute.InputContext())))
+  with tf.GradientTape() as tape:
+    task_loss = trainer.tasks[name].model_fn(batch, heads.Mode.TRAIN).loss
+    total = task_loss + trainer.trunk.regularization_loss() + trainer.lasso.penalty(name)
+  gradients = tape.gradient(total, variables)
+
+  loss, flags, _ = trainer.run_step(name, apply=False)
+  assert float(loss) == pytest.approx(float(task_loss), rel=1e-5)
+  assert flags.numpy().tolist() == [0.0, 0.0]
+  for before, after, gradient in zip(summed, accumulators, gradients):
+    np.testing.assert_allclose(after.numpy() - before, gradient.numpy(), rtol=1e-3, atol=1e-6)
+  assert all(np.array_equal(v.numpy(), s) for v, s in zip(variables, start))
+
+  trainer.run_step(name, apply=True)
+  assert int(trainer.optimizers[name].iterations) == iterations + 1
+  assert not all(np.array_equal(v.numpy(), s) for v, s in zip(variables, start))
+  assert not any(np.any(a.numpy()) for a in accumulators)
+  # The schedule's counters are `train`'s to move.
+  assert (int(trainer.global_step), int(trainer.task_steps[name])) == counters

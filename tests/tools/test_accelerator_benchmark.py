@@ -1,4 +1,5 @@
-"""The accelerator benchmark's pieces run on a CPU: modes, peaks, and one tiny measurement."""
+"""The precision benchmark's pieces (tools/benchmarks/precision.py) run on a CPU: modes, peaks,
+and one tiny measurement."""
 
 import os
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-import accelerator_benchmark as ab  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import precision as ab  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_modes_and_datasheet_peaks():

@@ -1,8 +1,11 @@
-"""The "precision" benchmark of tools/benchmark.py: speed per precision and XLA, on any device.
+"""The "precision" benchmark: speed per precision and XLA, on any device.
 
 `python tools/benchmark.py --device=gpu` runs it with the paper's sizes (ResNet-101 to block 3,
 224x224, each task at its own batch and crop) for float32, bfloat16 and bfloat16 + XLA; on a CPU
-`--benchmarks=precision` runs the same code at whatever small sizes the flags give.
+`--benchmarks=precision` runs the same code at whatever small sizes the flags give, e.g.
+
+  python tools/benchmark.py --benchmarks=precision --depth=26 --precision_size=64 \
+      --precision_batch_size=4 --task_gin="Trunk.depth = 26" ...
 
 For each mode it prints, as JSON lines:
 
@@ -19,14 +22,19 @@ For each mode it prints, as JSON lines:
 """
 
 import os
-import statistics
 import tempfile
 import time
 
+from absl import flags
+import gin
 import tensorflow as tf
 
+from benchmarks import common
 from mtssl_tf import precision as precision_lib
+from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
+from mtssl_tf.bin import common as bin_common
+
 
 # Dense datasheet peaks in TFLOP/s, by a substring of the device name: (bf16/fp16, tf32).
 DATASHEET_PEAKS = {
@@ -79,25 +87,14 @@ def matmul_peak_tflops(dtype, size, seconds=2.0):
   return 2 * size**3 * count / (time.perf_counter() - start) / 1e12
 
 
-def _forward_flops(trunk, size):
-  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
-  from tensorflow.python.profiler import model_analyzer
-  from tensorflow.python.profiler import option_builder
-  spec = tf.TensorSpec([1, size, size, 3], tf.float32)
-  graph = tf.function(lambda x: trunk(x, training=False)["block3"]).get_concrete_function(
-      spec).graph
-  options = option_builder.ProfileOptionBuilder.float_operation()
-  options["output"] = "none"
-  return model_analyzer.profile(graph, options=options).total_float_ops
-
-
 def trunk_step_seconds(mode, depth, size, batch_size, steps, rounds):
   """Median seconds of the trunk's training step in `mode`, and the forward FLOPs per image."""
   name, xla = parse_mode(mode)
   with precision_lib.policy_scope(name):
     trunk = trunk_lib.Trunk(depth=depth)
     trunk(tf.zeros([1, size, size, 3]))
-  flops = _forward_flops(trunk, size)
+  flops = common.forward_flops(lambda x: trunk(x, training=False)["block3"],
+                               tf.TensorSpec([1, size, size, 3], tf.float32))
   variables = trunk.trainable_variables
   optimizer = tf.keras.optimizers.RMSprop(learning_rate=1e-4, epsilon=1.0)
   optimizer.build(variables)
@@ -111,19 +108,13 @@ def trunk_step_seconds(mode, depth, size, batch_size, steps, rounds):
     return loss
 
   images = tf.random.uniform([batch_size, size, size, 3], -120.0, 120.0, seed=0)
-  step(images).numpy()
-  step(images).numpy()
-  times = []
-  for _ in range(rounds):
-    start = time.perf_counter()
-    for _ in range(steps):
-      loss = step(images)
-    loss.numpy()
-    times.append((time.perf_counter() - start) / steps)
-  return statistics.median(times), flops
+  step(images).numpy()  # compile
+  seconds, _ = common.alternate({"step": lambda: step(images)}, rounds, steps)
+  return seconds["step"], flops
 
 
 def benchmark_trunk_precision(modes, depth, size, batch_size, steps, rounds, emit):
+  """Emits one "trunk_precision" record per mode."""
   device, is_gpu = device_description()
   for mode in modes:
     name, xla = parse_mode(mode)
@@ -144,37 +135,28 @@ def benchmark_trunk_precision(modes, depth, size, batch_size, steps, rounds, emi
          fraction_of_matmul_peer=round(achieved / peer, 3))
 
 
-def _task_batch(trainer, name):
-  task = trainer.tasks[name]
-  return task.batch_size * INPUTS_PER_EXAMPLE.get(name, 1)
-
-
-def benchmark_task_precision(modes, tasks, steps, input_seconds, emit, make_sources,
-                             measure_input):
+def benchmark_task_precision(modes, tasks, steps, input_seconds, emit, folder=None):
   """Each task's training step through the real loop, per mode, beside its input pipeline.
 
-  `make_sources()` gives (image source_fn, motion source_fn); `measure_input(dataset,
-  batch_size, cores, seconds)` gives a batched dataset's examples/s on `cores` threads.
+  The pipeline reads toy JPEGs and motion TFRecords written into `folder` (default: a new
+  temporary folder) on every core of the machine; the step runs on one repeated batch.
   """
-  # Imported here: training pulls in every task and the data layer.
-  from mtssl_tf import training  # pylint: disable=g-import-not-at-top
   device, _ = device_description()
-  image_source, motion_source = make_sources()
+  folder = folder or tempfile.mkdtemp(prefix="mtssl_benchmark_data_")
+  sources = common.source_fns(folder, common.write_input_files(folder))
   input_rate = {}
   for mode in modes:
     name, xla = parse_mode(mode)
     for task_name in tasks:
-      source = motion_source if task_name == "motion_segmentation" else image_source
       with tempfile.TemporaryDirectory() as model_dir:
         probe = training.MultiTaskTrainer(model_dir + "/probe", tasks=[task_name],
                                           checkpoint_every_secs=None)
         task = probe.tasks[task_name]
-        task.source_fn = source
+        task.source_fn = sources[common.source_kind(task_name)]
         if task_name not in input_rate:
-          input_rate[task_name] = measure_input(task.input_fn(), task.batch_size,
-                                                os.cpu_count(), input_seconds)
-        batch = next(iter(task.input_fn()))
-        fixed = {task_name: lambda ctx, b=batch: tf.data.Dataset.from_tensors(b).repeat()}
+          input_rate[task_name] = common.input_examples_per_s(
+              task.input_fn(), task.batch_size, os.cpu_count(), input_seconds)
+        fixed = {task_name: common.repeat_batch(next(iter(task.input_fn())))}
         trainer = training.MultiTaskTrainer(
             model_dir + "/run", tasks=[task_name], input_fns=fixed, precision=name,
             jit_compile=xla, checkpoint_every_secs=None, log_every_secs=1e9)
@@ -182,7 +164,7 @@ def benchmark_task_precision(modes, tasks, steps, input_seconds, emit, make_sour
         start = time.perf_counter()
         trainer.train(num_steps=2 + steps, save_at_end=False)
         seconds = (time.perf_counter() - start) / steps
-      images = _task_batch(trainer, task_name)
+      images = task.batch_size * INPUTS_PER_EXAMPLE.get(task_name, 1)
       step_rate = task.batch_size / seconds
       emit(benchmark="task_step_precision", device=device, mode=mode, task=task_name,
            batch_size=task.batch_size, trunk_images_per_step=images,
@@ -191,3 +173,36 @@ def benchmark_task_precision(modes, tasks, steps, input_seconds, emit, make_sour
            input_examples_per_s=round(input_rate[task_name], 2), input_cores=os.cpu_count(),
            input_over_step=round(input_rate[task_name] / step_rate, 2))
 
+
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the flags of 'precision' only (common.define_flags has the shared ones)."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_list("modes", ["float32", "mixed_bfloat16", "mixed_bfloat16+xla"],
+                    "'precision': precisions, each optionally '+xla'.", **fv)
+  flags.DEFINE_integer("precision_size", 224, "'precision': the trunk step's image side.", **fv)
+  flags.DEFINE_integer("precision_batch_size", None, "'precision': the trunk step's batch "
+                       "(default 128 on a GPU, --batch_size on a CPU).", **fv)
+  flags.DEFINE_list("precision_tasks", ["relative_position", "colorization", "exemplar",
+                                        "motion_segmentation"],
+                    "'precision': tasks whose training step is measured (empty: none).", **fv)
+  flags.DEFINE_multi_string("task_gin", [], "'precision': gin bindings for the task steps "
+                            "(e.g. smaller batches and crops on a CPU).", **fv)
+
+
+def run_from_flags(emit, values=flags.FLAGS):
+  """The trunk in every --modes, then each of --precision_tasks (configured by --task_gin)."""
+  gpu = device_description()[1]
+  batch = values.precision_batch_size or (128 if gpu else values.batch_size)
+  benchmark_trunk_precision(values.modes, values.depth, values.precision_size, batch,
+                            values.steps, values.rounds, emit)
+  if not values.precision_tasks:
+    return
+  gin.clear_config()
+  bin_common.parse_gin(["trunk/resnet_v2_101.gin"] +
+                       [f"tasks/{t}.gin" for t in values.precision_tasks],
+                       [f"Trunk.depth = {values.depth}"] + values.task_gin)
+  try:
+    benchmark_task_precision(values.modes, values.precision_tasks, values.steps,
+                             values.input_seconds, emit)
+  finally:
+    gin.clear_config()
