@@ -8,7 +8,7 @@
 # Needs: an NVIDIA driver (nvidia-smi), Python 3.11 (TensorFlow 2.15 publishes wheels for
 # Python 3.9-3.11 only; set PYTHON=/path/to/python3.11), and a package registry (pip). Writes
 # to $OUT: environment.txt, nvidia-smi.txt, tests.log and benchmark.jsonl (one JSON object per
-# line: see tools/benchmark.py, "precision"). Exit status: 0 all ran; 2 this machine cannot run
+# line: see tools/benchmarks/precision.py). Exit status: 0 all ran; 2 this machine cannot run
 # it (the reason is in environment.txt); 3 the install failed; 1 a test or the benchmark failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
