@@ -1,5 +1,6 @@
 """Test setup: two logical CPU devices (so MirroredStrategy has two replicas) and shared helpers."""
 
+import contextlib
 import os
 import socket
 
@@ -9,11 +10,56 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+
+def _iterate_without_autotuning(apply_debug_options):
+  """Wraps `Dataset._apply_debug_options`, which every TensorFlow iterator constructor calls.
+
+  An iterator whose dataset autotunes runs a thread that sleeps between optimizations, for a
+  period that doubles up to a minute; in TensorFlow 2.15 destroying the iterator can wait for
+  that sleep to end. A trainer holds its iterators in reference cycles, so a test process
+  destroys them in some later garbage collection, which then stalls whatever test runs (seen:
+  18 s for one trainer's four iterators, 95 s in a full run). Test pipelines are tiny: without
+  autotuning, parallel maps run on as many threads as there are cores; the elements are the
+  same.
+  """
+
+  def apply(dataset):
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return apply_debug_options(dataset).with_options(options)
+
+  return apply
+
+
+tf.data.Dataset._apply_debug_options = _iterate_without_autotuning(  # pylint: disable=protected-access
+    tf.data.Dataset._apply_debug_options)  # pylint: disable=protected-access
+
+
+def pytest_configure(config):
+  """`-n N` schedules as `--dist loadgroup`: tests marked `xdist_group(name)` share a worker.
+
+  xdist's default (`load`) ignores the mark, and a module fixture that several tests of a group
+  share is then built once on each worker. An explicit `--dist` is kept.
+  """
+  if getattr(config, "workerinput", {}).get("loadgroup"):
+    config.option.loadgroup = True  # a worker: names its tests by group for the scheduler
+  elif (getattr(config.option, "dist", "no") == "load" and
+        not any(a == "-d" or a.startswith("--dist") for a in config.invocation_params.args)):
+    config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+  """Tells each xdist worker that the controller schedules by group (see pytest_configure)."""
+  if node.config.getoption("dist") == "loadgroup":
+    node.workerinput["loadgroup"] = True
 
 
 def randomize_batch_norm(variables, seed=0):
@@ -78,3 +124,19 @@ def free_ports(count):
   for s in sockets:
     s.close()
   return ports
+
+
+@contextlib.contextmanager
+def untraced_steps():
+  """Runs every tf.function, a trainer's steps among them, as plain Python (eagerly).
+
+  For tests of what the training loop does around its steps (progress lines, checkpoints,
+  configuration checks): one eager step of the depth-26 trunk costs about a CPU-second, tracing
+  it about nine. Tests of what compiled steps compute (precision, XLA, distribution) trace them.
+  """
+  previous = tf.config.functions_run_eagerly()
+  tf.config.run_functions_eagerly(True)
+  try:
+    yield
+  finally:
+    tf.config.run_functions_eagerly(previous)
