@@ -11,6 +11,7 @@ from mtssl_tf import progress
 from mtssl_tf import training
 from mtssl_tf.bin import common
 from tests import test_training
+from tests.conftest import untraced_steps
 
 # What absl's console prefix adds before a message ("I1130 09:02:52 ").
 _PREFIX = len("I1130 09:02:52 ")
@@ -60,18 +61,22 @@ def test_progress_lines_list_every_task_in_the_order_of_the_task_list(caplog, tm
   common.parse_gin([], test_training.TINY + [
       "MultiTaskTrainer.tasks = ['exemplar', 'relative_position']",
       "relative_position/TaskSettings.weight = 2.0", "MultiTaskTrainer.log_every_secs = 0"])
+  # Fixed batches of TINY's shapes: 4 pairs of 32-pixel patches for each task.
   rng = np.random.RandomState(0)
+  patches = lambda *shape: rng.uniform(-100, 100, shape).astype(np.float32)
   batches = {
-      "relative_position": {"relative_position/patches": rng.uniform(
-          -1, 1, [4, 2, 32, 32, 3]).astype(np.float32),
+      "relative_position": {"relative_position/patches": patches(4, 2, 32, 32, 3),
                             "relative_position/label": np.zeros([4], np.int32)},
+      "exemplar": {"exemplar/x1": patches(4, 32, 32, 3), "exemplar/x2": patches(4, 32, 32, 3)},
   }
   try:
-    trainer = training.MultiTaskTrainer(str(tmp_path), input_fns={
-        "relative_position": lambda ctx: tf.data.Dataset.from_tensors(
-            batches["relative_position"]).repeat()})
-    with caplog.at_level(logging.INFO, logger="absl"):
-      trainer.train(num_steps=3, save_at_end=False)
+    # The lines, not the steps, are under test: the steps run untraced.
+    with untraced_steps():
+      trainer = training.MultiTaskTrainer(str(tmp_path), input_fns={
+          name: (lambda b: lambda ctx: tf.data.Dataset.from_tensors(b).repeat())(batch)
+          for name, batch in batches.items()})
+      with caplog.at_level(logging.INFO, logger="absl"):
+        trainer.train(num_steps=3, save_at_end=False)
   finally:
     gin.clear_config()
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
