@@ -15,6 +15,10 @@ from mtssl_tf import training
 from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
 from tests import test_training
+from tests.conftest import untraced_steps
+
+# One worker runs the module: the tests share `old_run`.
+pytestmark = pytest.mark.xdist_group("test_run_config")
 
 # The configuration of the run whose directory the tests resume: two tasks with tiny heads on
 # the small trunk, one step (relative position's), one checkpoint (ckpt-1) that holds both tasks.
@@ -32,7 +36,9 @@ def _parse(*bindings):
 
 @pytest.fixture(autouse=True)
 def _gin():
-  yield
+  # What the loop does around its steps is under test here, not the steps: they run untraced.
+  with untraced_steps():
+    yield
   gin.clear_config()
 
 
@@ -41,7 +47,8 @@ def old_run(tmp_path_factory):
   """(model directory, its trunk's variables by name) of a one-step run."""
   model_dir = str(tmp_path_factory.mktemp("old_run"))
   _parse()
-  trainer, summary = training.run_training(model_dir)
+  with untraced_steps():
+    trainer, summary = training.run_training(model_dir)
   gin.clear_config()
   assert summary["step"] == 1
   return model_dir, {v.name: v.numpy() for v in trainer.trunk.variables}
