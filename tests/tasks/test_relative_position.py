@@ -104,7 +104,10 @@ def test_evaluation_mode_is_centred_without_jitter():
 def test_small_images_are_resized_up_to_the_window():
   features = rp.preprocess({"image": np.zeros([20, 30, 3], np.uint8)}, **RAW)
   assert features["relative_position/patches"].shape == (2, 16, 16, 3)
-  assert features["relative_position/corners"].numpy().max() <= 70 - 16
+  # Scaled, aspect kept, until the short side fills the 70-pixel window: 70 x 105. Corners are
+  # (row, column) of 16-pixel patches inside it.
+  corners = features["relative_position/corners"].numpy()
+  assert corners[:, 0].max() <= 70 - 16 and corners[:, 1].max() <= 105 - 16
 
 
 def test_images_are_scaled_to_a_random_area_eagerly():
