@@ -63,7 +63,9 @@ BATCH_NORM_STATISTICS = ("estimate", "checkpoint")
 DEFAULTS = dict(train_steps=0, train_epochs=1.0, learning_rate=0.01, momentum=0.9,
                 decay_rate=0.1, decay_at=(), clip_gradient_norm=0.0,
                 batch_norm_statistics="estimate", batch_norm_batches=50,
-                summary_every_steps=50, log_every_secs=30.0)
+                feature_cache_passes=0, summary_every_steps=50, log_every_secs=30.0)
+# The most memory cached frozen features may take (feature_cache_passes).
+MAX_FEATURE_CACHE_BYTES = 4 << 30
 
 
 @gin.configurable
@@ -82,6 +84,11 @@ class EvalSettings:
     clip_gradient_norm: clip the gradients to this global norm (0: no clipping).
     batch_norm_statistics: "estimate" (on the evaluation's training images) or "checkpoint".
     batch_norm_batches: training batches averaged to estimate the statistics.
+    feature_cache_passes: 0, or (frozen evaluations without a lasso) the number of augmented
+      passes over the training split whose frozen features are computed once, after the batch
+      norm statistics are estimated; the head then trains on those cached features, shuffled,
+      for train_steps steps, without running the trunk again. For small training sets (the
+      demo's toy set), where a probe needs many more steps than the trunk passes cost.
     summary_every_steps: training scalars to TensorBoard every this many steps.
     log_every_secs: seconds between progress lines.
   """
@@ -94,6 +101,7 @@ class EvalSettings:
   clip_gradient_norm: Optional[float] = None
   batch_norm_statistics: Optional[str] = None
   batch_norm_batches: Optional[int] = None
+  feature_cache_passes: Optional[int] = None
   summary_every_steps: Optional[int] = None
   log_every_secs: Optional[float] = None
 
@@ -121,15 +129,16 @@ class EvalSettings:
       raise ValueError(f"{eval_name}/EvalSettings.{field} = {getattr(self, field)!r}: {want}.")
 
     numbers = ("train_steps", "train_epochs", "learning_rate", "momentum", "decay_rate",
-               "clip_gradient_norm", "batch_norm_batches", "summary_every_steps",
-               "log_every_secs")
+               "clip_gradient_norm", "batch_norm_batches", "feature_cache_passes",
+               "summary_every_steps", "log_every_secs")
     for field in numbers:
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(field, "must be a number")
       if value < 0:
         fail(field, "must be >= 0")
-    for field in ("train_steps", "batch_norm_batches", "summary_every_steps"):
+    for field in ("train_steps", "batch_norm_batches", "feature_cache_passes",
+                  "summary_every_steps"):
       if int(getattr(self, field)) != getattr(self, field):
         fail(field, "must be a whole number")
     if self.learning_rate <= 0:
@@ -204,6 +213,7 @@ def make_plan(eval_name, evaluation, trunk, settings, train_examples, test_examp
       "momentum": settings.momentum,
       "clip_gradient_norm": settings.clip_gradient_norm,
       "batch_norm_statistics": settings.batch_norm_statistics,
+      "feature_cache_passes": settings.feature_cache_passes,
       "fine_tunes_trunk": evaluation.fine_tunes_trunk,
       "trunk_depth": trunk.depth,
       "output_stride": evaluation.output_stride,
@@ -336,6 +346,8 @@ class Evaluator:
       dummy = tf.nest.map_structure(
           lambda s: tf.zeros([1] + s.shape.as_list()[1:], s.dtype), spec)
       self.evaluation.model_fn(dummy, heads.Mode.PREDICT)
+      if self.settings.feature_cache_passes:
+        self._check_feature_cache(dummy)
       self.checkpoint_report = None
       if self.prefix is not None:
         self.checkpoint_report = trunk_lib.init_from_checkpoint(self.trunk, self.prefix)
@@ -356,6 +368,69 @@ class Evaluator:
         lambda features: self.evaluation.model_fn(features, heads.Mode.PREDICT).predictions)
     self._iterator = None
     self.batch_norm_notes = []
+    self.feature_cache = None
+
+  def _check_feature_cache(self, dummy):
+    """Raises ValueError naming the binding if this evaluation cannot train on cached
+    features."""
+    why = None
+    if self.evaluation.fine_tunes_trunk:
+      why = "it fine-tunes the trunk, so the trunk's features change as it trains"
+    elif self.evaluation.lasso is not None:
+      why = "its evaluation lasso's alpha row trains, so the combined features change"
+    elif isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      why = "the cache holds one machine's features; evaluate on one machine"
+    elif self.train_examples is None:
+      why = "the size of its training split is unknown"
+    elif self.evaluation.frozen_features(dummy) is None:
+      why = "it does not say which of its features are frozen"
+    if why:
+      raise ValueError(
+          f"{self.name}/EvalSettings.feature_cache_passes = "
+          f"{self.settings.feature_cache_passes}: {self.name} cannot train on cached features "
+          f"({why}); bind it to 0.")
+
+  def cache_features(self):
+    """Computes the frozen features of `feature_cache_passes` augmented training passes.
+
+    Each pass is ceil(training examples / batch size) batches of the training input (its
+    augmentation included), run through `evaluation.frozen_features` once.
+
+    Returns:
+      A distributed iterator over the cached features: shuffled, repeated, in batches of the
+      evaluation's global batch size (what `train` takes instead of the training split).
+
+    Raises:
+      ValueError: the cache would exceed MAX_FEATURE_CACHE_BYTES.
+    """
+    start = time.time()
+    passes = int(self.settings.feature_cache_passes)
+    batches = passes * math.ceil(self.train_examples / self.evaluation.batch_size)
+    extract = tf.function(
+        lambda it: self.strategy.run(self.evaluation.frozen_features, args=(next(it),)))
+    local = lambda v: np.concatenate(
+        [np.asarray(x) for x in self.strategy.experimental_local_results(v)])
+    parts = []
+    for i in range(batches):
+      parts.append(tf.nest.map_structure(local, extract(self.iterator)))
+      if i == 0:
+        per_batch = sum(a.nbytes for a in tf.nest.flatten(parts[0]))
+        if per_batch * batches > MAX_FEATURE_CACHE_BYTES:
+          raise ValueError(
+              f"{self.name}/EvalSettings.feature_cache_passes = {passes}: the cached features "
+              f"would take {per_batch * batches / 2**30:.1f} GiB (at most "
+              f"{MAX_FEATURE_CACHE_BYTES / 2**30:.0f}); bind fewer passes, or 0 to train on "
+              "the images.")
+    cache = tf.nest.map_structure(lambda *xs: np.concatenate(xs), *parts)
+    examples = len(tf.nest.flatten(cache)[0])
+    self.feature_cache = dict(passes=passes, examples=examples,
+                              megabytes=sum(a.nbytes for a in tf.nest.flatten(cache)) / 2**20,
+                              seconds=time.time() - start)
+    logging.info("%s on %s: cached the frozen features of %d training examples (%d passes) "
+                 "in %.0f s", self.name, self.tag, examples, passes, time.time() - start)
+    dataset = (tf.data.Dataset.from_tensor_slices(cache).shuffle(examples).repeat()
+               .batch(self.evaluation.batch_size, drop_remainder=True))
+    return iter(self.strategy.experimental_distribute_dataset(dataset))
 
   def plan(self):
     """What `run` will do: data, steps, epochs, schedule (a JSON-ready dict)."""
@@ -485,11 +560,13 @@ class Evaluator:
       raise RuntimeError(f"{self.name}: non-finite training loss {value} at step {step}; "
                          f"lower {self.name}/EvalSettings.learning_rate.")
 
-  def train(self, summary_step=0):
+  def train(self, summary_step=0, iterator=None):
     """Runs `train_steps` training steps with progress lines and TensorBoard scalars.
 
     Args:
       summary_step: offset of the summaries' steps (0: the evaluation's own steps).
+      iterator: a distributed iterator to train on (`cache_features`'s); default: the
+        training split.
 
     Returns:
       The last step's mean training loss (float).
@@ -497,7 +574,10 @@ class Evaluator:
     settings = self.settings
     start, last_log, value = time.time(), 0.0, None
     for step in range(1, self.train_steps + 1):
-      loss, metrics = self.train_step()
+      if iterator is None:
+        loss, metrics = self.train_step()
+      else:
+        loss, metrics = self._train_step(iterator)
       value = float(loss)
       self._check_finite(value, step)
       if step % settings.summary_every_steps == 0 or step == self.train_steps:
@@ -553,7 +633,8 @@ class Evaluator:
       if estimate:
         count = self.estimate_batch_norm_statistics(include_trunk=True)
         self.batch_norm_notes.append(f"{count} statistics estimated before training")
-      loss = self.train(summary_step)
+      cached = self.cache_features() if self.settings.feature_cache_passes else None
+      loss = self.train(summary_step, cached)
       if estimate:
         count = self.estimate_batch_norm_statistics(
             include_trunk=self.evaluation.fine_tunes_trunk)
@@ -580,6 +661,7 @@ class Evaluator:
             "batches": self.settings.batch_norm_batches if estimate else 0,
             "notes": self.batch_norm_notes},
         "train_steps": self.train_steps,
+        "feature_cache": self.feature_cache,
         "final_train_loss": loss,
         "metrics": metrics,
         "lasso_alpha": ({self.name: self.evaluation.lasso.row(self.name).numpy().tolist()}

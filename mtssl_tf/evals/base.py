@@ -118,3 +118,13 @@ class Evaluation(heads.Head):
 
   def metrics_accumulator(self):
     raise NotImplementedError
+
+  def frozen_features(self, features):
+    """The part of `model_fn` that no training changes, for a frozen evaluation to cache.
+
+    Returns a dict of the tensors `model_fn` reads instead of the images when they are in its
+    features (e.g. the pooled block 3 and the label), or None: this evaluation cannot train
+    on cached features (the default; `EvalSettings.feature_cache_passes`).
+    """
+    del features
+    return None

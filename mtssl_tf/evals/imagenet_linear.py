@@ -32,6 +32,11 @@ features, as linear-probe benchmarks on frozen ImageNet features do (e.g. Goyal 
 about 30 epochs with x0.1 steps). The features are standardized (above), so the rate does not
 depend on the trunk's feature scale.
 
+Small training sets (the demo's toy set) can train the layer on cached features
+(`imagenet_linear/EvalSettings.feature_cache_passes`): `frozen_features` gives the pooled block
+3 of a few augmented passes once, and the layer then trains on them for as many steps as it
+needs without running the trunk again. The paper's protocol trains on the images.
+
 Data: TFDS `imagenet2012` (manual download), or any TFDS classification dataset with 'image'
 and 'label' features (`imagenet_linear.dataset`), or a built-in toy set (`"toy"`: toy images
 one object each, labelled by its shape, its color drawn independently of the class:
@@ -49,6 +54,8 @@ from mtssl_tf.data import toy
 from mtssl_tf.evals import base
 
 RESIZE = 256
+# The key of cached frozen features (`frozen_features`) in the features `model_fn` reads.
+FEATURES = "imagenet_linear/frozen_features"
 
 # TF-slim's inception_preprocessing.distort_color (fast_mode=False): its four orders of the
 # color ops, one picked at random per image (the ops do not commute).
@@ -214,12 +221,15 @@ class ImagenetLinear(base.Evaluation):
         raise ValueError("imagenet_linear needs num_classes: bind imagenet_linear.num_classes "
                          "or build the input first (it reads the dataset's info).")
       self.classifier = tf.keras.layers.Dense(self.num_classes, name="linear")
-    # Frozen: inference-mode batch norm whatever the mode; the gradient stops at the trunk's
-    # outputs, before the lasso combination: no gradient reaches the trunk, while the
-    # evaluation lasso's alpha row learns "the weight for each layer" of "the (frozen)
-    # features from all block 3 layers" (paper section 5).
-    block3 = self.representation(features["imagenet_linear/image"], False, frozen=True)
-    features_flat = self.flatten(self.pool(block3))
+    if FEATURES in features:  # cached by frozen_features
+      features_flat = features[FEATURES]
+    else:
+      # Frozen: inference-mode batch norm whatever the mode; the gradient stops at the trunk's
+      # outputs, before the lasso combination: no gradient reaches the trunk, while the
+      # evaluation lasso's alpha row learns "the weight for each layer" of "the (frozen)
+      # features from all block 3 layers" (paper section 5).
+      block3 = self.representation(features["imagenet_linear/image"], False, frozen=True)
+      features_flat = self.flatten(self.pool(block3))
     if self.normalize is not None:
       features_flat = self.normalize(features_flat, training=mode == heads.Mode.TRAIN)
     logits = self.classifier(features_flat)
@@ -237,3 +247,12 @@ class ImagenetLinear(base.Evaluation):
 
   def metrics_accumulator(self):
     return TopKAccumulator()
+
+  def frozen_features(self, features):
+    """Max-pooled, flattened block 3 of the frozen trunk, and the label (none with a lasso,
+    whose alpha row trains)."""
+    if self.lasso is not None:
+      return None
+    block3 = self.representation(features["imagenet_linear/image"], False, frozen=True)
+    return {FEATURES: self.flatten(self.pool(block3)),
+            "imagenet_linear/label": features["imagenet_linear/label"]}
