@@ -39,6 +39,7 @@ Outputs of `make_prior_file` (written atomically, each through a temporary file 
 
 import inspect
 import json
+import os
 import time
 
 from absl import logging
@@ -331,3 +332,30 @@ def make_prior_file(output, source_kwargs, num_images=10000, max_side=256, pixel
   summary.update(extra_summary or {})
   write_prior(prior, summary, output)
   return prior, summary
+
+
+def bind_prior_of_source(directory, reuse=False):
+  """Binds colorization.prior_path to the prior of the gin-configured image source.
+
+  The same count as tools/compute_color_prior.py, on every image of the source that
+  `sources.image_dataset` is configured with (the demo's toy images), written to
+  `directory`/color_prior.npy. A prior already bound in gin is kept and nothing is computed.
+
+  Args:
+    directory: where the prior file goes.
+    reuse: use a prior file already in `directory` as it is (a resumed run).
+
+  Returns:
+    (path, summary): the bound prior file, and the count's summary dict (None when nothing was
+    computed).
+  """
+  bound = gin.query_parameter("colorization.prior_path")
+  if bound is not None:
+    return bound, None
+  path = os.path.join(directory, "color_prior.npy")
+  summary = None
+  if not (reuse and os.path.exists(path)):
+    _, summary = make_prior_file(path, {}, num_images=0)
+  with gin.unlock_config():
+    gin.bind_parameter("colorization.prior_path", path)
+  return path, summary

@@ -69,18 +69,9 @@ def configure(tasks, gin_files=(), gin_params=()):
   common.parse_gin(["experiments/demo.gin"] + list(gin_files), bindings + list(gin_params))
 
 
-def bind_prior(workdir):
-  """Colorization's prior of the toy images, computed once into `workdir`, bound."""
-  path = os.path.join(workdir, "color_prior.npy")
-  if not os.path.exists(path):
-    color_prior.make_prior_file(path, {}, num_images=0)
-  with gin.unlock_config():
-    gin.bind_parameter("colorization.prior_path", path)
-
-
 def pretrain(row, workdir, num_steps):
   """Pretrains (or resumes) the row's run to `num_steps`; returns its last checkpoint."""
-  bind_prior(workdir)
+  color_prior.bind_prior_of_source(workdir, reuse=True)
   _, summary = training.run_training(os.path.join(workdir, "runs", row), num_steps=num_steps)
   return summary["checkpoint"]
 

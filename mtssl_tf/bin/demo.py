@@ -106,20 +106,13 @@ def main(argv):
 
 
 def bind_color_prior(workdir):
-  """Binds colorization.prior_path to the prior of the demo's images, computed into `workdir`.
-
-  The same count as tools/compute_color_prior.py, on every image of the gin-configured (toy)
-  source; a prior already bound (--gin_param) is kept.
-  """
-  if gin.query_parameter("colorization.prior_path") is not None:
-    return
-  path = os.path.join(workdir, "color_prior.npy")
+  """Binds colorization.prior_path to the prior of the demo's toy images, computed into
+  `workdir` (a prior already bound with --gin_param is kept)."""
   start = time.time()
-  _, summary = color_prior.make_prior_file(path, {}, num_images=0)
-  with gin.unlock_config():
-    gin.bind_parameter("colorization.prior_path", path)
-  print(f"[demo] colorization's color prior from {summary['images_used']} "
-        f"{summary['source']['source']} images in {time.time() - start:.1f} s: {path}")
+  path, summary = color_prior.bind_prior_of_source(workdir)
+  if summary is not None:
+    print(f"[demo] colorization's color prior from {summary['images_used']} "
+          f"{summary['source']['source']} images in {time.time() - start:.1f} s: {path}")
 
 
 # The held-out toy data: the toy image and video sources drawn with another seed than the

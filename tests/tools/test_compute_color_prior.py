@@ -202,22 +202,22 @@ def test_folder_source_counts_a_corrupt_jpeg_as_decode_skipped(tmp_path):
 
 
 def test_the_demos_prior_of_its_own_toy_images_rebalances_colorization(tmp_path):
-  # What mtssl-demo does before pretraining: the prior of demo.gin's toy source (here a handful
-  # of its images), written into the work directory and bound to colorization.
+  # What mtssl-demo and tools/toy_table.py do before pretraining: the prior of demo.gin's toy
+  # source (here a handful of its images), written into the work directory and bound.
   gin.clear_config()
   try:
     common.parse_gin(["experiments/demo.gin"], ["image_dataset.num_toy_images = 6"])
-    path = str(tmp_path / "color_prior.npy")
-    prior, summary = color_prior.make_prior_file(path, {}, num_images=0)
+    path, summary = color_prior.bind_prior_of_source(str(tmp_path))
+    assert path == str(tmp_path / "color_prior.npy")
+    assert gin.query_parameter("colorization.prior_path") == path
     assert summary["images_read"] == 6 and summary["source"]["source"] == "toy"
     assert summary["source"]["toy_size"] == [96, 112]  # demo.gin's images.
     written = np.load(path)
-    np.testing.assert_array_equal(written, prior)
     assert written.shape == (color.NUM_BINS,) and np.all(written >= 0)
     assert abs(written.sum() - 1.0) < 1e-9
     assert written.max() > 10.0 / color.NUM_BINS  # The toy images' colors, not uniform.
-    with gin.unlock_config():
-      gin.bind_parameter("colorization.prior_path", path)
+    # Bound now: a second call keeps it and computes nothing.
+    assert color_prior.bind_prior_of_source(str(tmp_path / "other")) == (path, None)
     task = colorization.Colorization(trunk_lib.Trunk(depth=26))
     assert abs(np.sum(written * task.class_weights) - 1.0) < 1e-4
     assert task.class_weights.max() > 1.5  # Rebalanced: rare colors weigh more.
