@@ -19,11 +19,15 @@ from mtssl_tf.data import sources
 from mtssl_tf.data import toy_shapes
 from mtssl_tf.evals import base
 from mtssl_tf.evals import imagenet_linear
+from tests.conftest import untraced_steps
 
+# 16 images in each split of the toy set (2 test batches); one training step and one batch for
+# the batch norm statistics, unless a test needs more. 96-pixel crops: block 3 at stride 32 is
+# 3 x 3, the probe's max pool window.
 SMALL = ["Trunk.depth = 26", "imagenet_linear.batch_size = 8", "imagenet_linear.crop_size = 96",
-         "imagenet_linear.preprocess.resize = 100", "imagenet_linear/EvalSettings.train_steps = 6",
-         "imagenet_linear/EvalSettings.batch_norm_batches = 2",
-         "imagenet_linear.shuffle_buffer = 8"]
+         "imagenet_linear.preprocess.resize = 100", "imagenet_linear/EvalSettings.train_steps = 1",
+         "imagenet_linear/EvalSettings.batch_norm_batches = 1",
+         "imagenet_linear.shuffle_buffer = 8", "imagenet_linear.num_toy_images = 16"]
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +171,8 @@ def test_probe_trains_no_trunk_weight_and_writes_results(tmp_path):
   trunk = trunk_lib.Trunk(depth=26)
   trunk.ensure_built()
   before = [v.numpy().copy() for v in trunk.trainable_variables]
-  results = evaluation.evaluate("imagenet_linear", str(tmp_path), init="random", trunk=trunk)
+  with untraced_steps():  # what the run changes is under test, not how its steps compile
+    results = evaluation.evaluate("imagenet_linear", str(tmp_path), init="random", trunk=trunk)
   # Weights frozen; the protocol re-estimates the batch norm statistics (not trained).
   for a, b in zip(before, trunk.trainable_variables):
     np.testing.assert_array_equal(a, b.numpy())
@@ -175,7 +180,7 @@ def test_probe_trains_no_trunk_weight_and_writes_results(tmp_path):
   assert results["batch_norm_statistics"]["mode"] == "estimate"
   metrics = results["metrics"]
   # The whole toy test split, each accuracy a whole number of its examples.
-  count = len(imagenet_linear.toy_classification(num_classes=8, seed=1)["label"])
+  count = len(imagenet_linear.toy_classification(num_images=16, num_classes=8, seed=1)["label"])
   assert metrics["examples"] == count
   for key in ("top1", "top5"):
     assert metrics[key] * count == pytest.approx(round(metrics[key] * count), abs=1e-9)
@@ -188,7 +193,8 @@ def test_end_to_end_on_mock_imagenet_from_a_checkpoint(tmp_path):
   trunk = trunk_lib.Trunk(depth=26)
   trunk.ensure_built()
   prefix = tf.train.Checkpoint(trunk=trunk).write(str(tmp_path / "pre" / "ckpt-5"))
-  with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
+  with untraced_steps(), tfds.testing.mock_data(num_examples=8,
+                                                policy=tfds.testing.MockPolicy.USE_CODE):
     results = evaluation.evaluate("imagenet_linear", str(tmp_path / "out"), checkpoint=prefix)
   assert results["checkpoint"] == prefix
   assert "loaded 104 trunk variables" in results["checkpoint_report"]
@@ -210,17 +216,18 @@ def test_eval_lasso_row_learns_and_goes_into_the_results(tmp_path):
 
 
 def test_checkpoint_directory_evaluates_each_checkpoint_once(tmp_path):
-  _bind("imagenet_linear.dataset = 'toy'", "imagenet_linear/EvalSettings.train_steps = 2")
+  _bind("imagenet_linear.dataset = 'toy'")
   trunk = trunk_lib.Trunk(depth=26)
   trunk.ensure_built()
   checkpoint = tf.train.Checkpoint(trunk=trunk)
   for step in (10, 20):
     checkpoint.write(str(tmp_path / "run" / f"ckpt-{step}"))
-  done = evaluation.evaluate_directory("imagenet_linear", str(tmp_path / "run"),
-                                       str(tmp_path / "out"))
-  assert [os.path.basename(r["checkpoint"]) for r in done] == ["ckpt-10", "ckpt-20"]
-  again = evaluation.evaluate_directory("imagenet_linear", str(tmp_path / "run"),
-                                        str(tmp_path / "out"))
+  with untraced_steps():  # which checkpoints are evaluated is under test, not the steps
+    done = evaluation.evaluate_directory("imagenet_linear", str(tmp_path / "run"),
+                                         str(tmp_path / "out"))
+    assert [os.path.basename(r["checkpoint"]) for r in done] == ["ckpt-10", "ckpt-20"]
+    again = evaluation.evaluate_directory("imagenet_linear", str(tmp_path / "run"),
+                                          str(tmp_path / "out"))
   assert again == []
 
 
