@@ -7,7 +7,8 @@ Python thread runs, no Python signal handler runs, and TensorFlow's preemption n
 SIGTERM; a worker whose peer never comes up waits for an hour, deaf to SIGTERM. And when a peer
 dies mid-run, the survivors fail within seconds (the coordination service's heartbeat), and
 recovery is a restart of every worker, which then resumes from the chief's last checkpoint. A
-small parent process, which never starts TensorFlow's runtime, handles both:
+small parent process, which never starts TensorFlow's runtime (`mtssl-train` supervises before
+it imports TensorFlow), handles both:
 
 - It starts the worker (`python -m mtssl_tf.bin.train ...`, the same flags) with a pipe, on
   which the worker says `joined` once its strategy is built (its cluster is complete).
@@ -28,6 +29,7 @@ chief's latest checkpoint.
 """
 
 import json
+import logging as std_logging
 import os
 import select
 import signal
@@ -59,6 +61,24 @@ def restartable_errors():
           tf.errors.CancelledError)
 
 
+class _ConsoleFormatter(std_logging.Formatter):
+  """The binaries' short console lines (mtssl_tf/bin/common.py), e.g. "W1130 09:02:52 x.py:9] m"."""
+
+  def format(self, record):
+    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(record.created))
+    prefix = f"{record.levelname[:1]}{stamp}"
+    if record.levelno >= std_logging.WARNING:
+      prefix += f" {record.filename}:{record.lineno}]"
+    return f"{prefix} {super().format(record)}"
+
+
+def log_to_stderr():
+  """Sends absl's log lines to stderr as the binaries write them, for a supervisor that runs
+  without absl's `app.run` (and without TensorFlow: mtssl_tf/bin/common.py imports it)."""
+  logging.use_absl_handler()
+  logging.get_absl_handler().setFormatter(_ConsoleFormatter())
+
+
 def is_supervised():
   """Whether this process is a worker a supervisor started."""
   return FD_VARIABLE in os.environ
@@ -73,6 +93,21 @@ def report_joined():
     os.write(int(fd), (JOINED + "\n").encode())
   except OSError:  # the supervisor is gone; nothing to tell
     pass
+
+
+def end_worker(status):
+  """Ends a supervised worker's process now, with `status`, skipping Python's teardown.
+
+  The teardown of a process that ran MultiWorkerMirroredStrategy costs seconds of CPU, and
+  stalled for 10 to 70 s after the last step in loopback runs on a busy machine; the
+  supervisor waits for it, and a restarted cluster for its slowest worker. When a worker ends,
+  its checkpoints are complete and its summaries flushed (after a lost peer, what it had not
+  flushed yet is lost, as it would be had it been killed).
+  """
+  sys.stdout.flush()
+  logging.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def wants_supervision(max_restarts, environ=None):

@@ -24,20 +24,13 @@ fails naming the missing workers, and a worker that lost a peer (or was killed) 
 up to N times, resuming from the latest checkpoint.
 """
 
-# First: it quiets TensorFlow's start-up, which has to happen before TensorFlow is imported.
-from mtssl_tf.bin import common  # pylint: disable=g-bad-import-order
-
+# Nothing here imports TensorFlow before the supervisor check below.
+import os
 import sys
 
-from absl import app
 from absl import flags
-from absl import logging
-import gin
 
-from mtssl_tf import dry_run
-from mtssl_tf import experiments
 from mtssl_tf import supervise
-from mtssl_tf import training
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "The run's directory: checkpoints, summaries, config.")
@@ -65,9 +58,66 @@ flags.DEFINE_integer("max_restarts", 0, "Start the worker again after a failure 
                      "by a signal, up to this many times; it resumes from the latest checkpoint.")
 flags.DEFINE_float("join_timeout", 600.0, "Seconds a worker of a multi-machine cluster (TF_CONFIG)"
                    " may wait for the others; then it fails naming the missing ones.")
+flags.DEFINE_bool("run_eagerly", False, "Run each training step as plain Python, not as a traced "
+                  "tf.function: slower steps, but no tracing, and print and pdb work inside a "
+                  "step (--jit_compile then has no effect).")
 flags.DEFINE_bool("list_experiments", False, "Print every row of the paper's Tables 1-4 with its "
                   "gin file, its training and evaluation commands and the paper's numbers, and "
                   "exit.")
+# absl's own flags that print and exit: the full parse does those.
+_HELP_FLAGS = ("help", "helpfull", "helpshort", "helpxml", "?", "h", "only_check_args")
+
+
+def _supervise_before_tensorflow(argv):
+  """Runs this command line's supervisor, if it has one, before TensorFlow is imported.
+
+  A supervisor only starts the worker (which parses every flag again and reports any mistake
+  in them), so it spares itself TensorFlow's start-up (about 9 CPU-seconds and 600 MB).
+
+  Args:
+    argv: sys.argv.
+
+  Returns:
+    The supervisor's exit status, or None when this process trains or prints (no supervision,
+    --dry_run, --list_experiments, help), or when only the full flag parse can tell.
+  """
+  try:
+    rest = FLAGS(argv, known_only=True)  # this module's flags and absl's logging flags
+    if (FLAGS.dry_run or FLAGS.list_experiments or
+        not supervise.wants_supervision(FLAGS.max_restarts)):
+      return None
+  except (flags.Error, ValueError):  # a bad value or TF_CONFIG: the full parse names it
+    return None
+  if any(a.lstrip("-").split("=")[0] in _HELP_FLAGS for a in rest[1:] if a.startswith("-")):
+    return None
+  if FLAGS["verbosity"].using_default_value:
+    FLAGS.verbosity = 0  # INFO, as under absl's app.run
+  supervise.log_to_stderr()
+  return supervise.supervise([sys.executable, "-m", "mtssl_tf.bin.train"] + argv[1:],
+                             max_restarts=FLAGS.max_restarts, join_timeout=FLAGS.join_timeout)
+
+
+# `python -m mtssl_tf.bin.train`, or the `mtssl-train` script (which imports this module).
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "mtssl-train":
+  _STATUS = _supervise_before_tensorflow(sys.argv)
+  if _STATUS is not None:
+    sys.exit(_STATUS)
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+# First of the rest: it quiets TensorFlow's start-up, which has to happen before TensorFlow is
+# imported.
+from mtssl_tf.bin import common
+
+from absl import app
+from absl import logging
+import gin
+import tensorflow as tf
+
+from mtssl_tf import dry_run
+from mtssl_tf import experiments
+from mtssl_tf import training
+# pylint: enable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+
 common.define_gin_flags()
 # The library settings these flags set, added to an error line that names one.
 FLAG_FOR = {"run_training.model_dir": "--model_dir",
@@ -117,6 +167,8 @@ def main(argv):
     overrides["strategy_name"] = FLAGS.strategy
   if FLAGS.warm_start_from is not None:
     overrides["warm_start_from"] = FLAGS.warm_start_from
+  if FLAGS.run_eagerly:
+    tf.config.run_functions_eagerly(True)
   try:
     trainer, summary = training.run_training(FLAGS.model_dir, **overrides)
   except supervise.restartable_errors() as e:
@@ -124,11 +176,13 @@ def main(argv):
       raise
     print(f"mtssl-train: {common.one_line(e)} (a restart of the cluster recovers from this)",
           file=sys.stderr)
-    return supervise.RESTART_EXIT
+    supervise.end_worker(supervise.RESTART_EXIT)
   del trainer
   logging.info("Finished at step %d %s; checkpoint %s%s.", summary["step"],
                summary["task_steps"], summary["checkpoint"],
                " (stopped by a signal)" if summary["stopped_by_signal"] else "")
+  if supervise.is_supervised():
+    supervise.end_worker(0)
   return 0
 
 
