@@ -61,8 +61,13 @@ def restartable_errors():
           tf.errors.CancelledError)
 
 
-class _ConsoleFormatter(std_logging.Formatter):
-  """The binaries' short console lines (mtssl_tf/bin/common.py), e.g. "W1130 09:02:52 x.py:9] m"."""
+class ConsoleFormatter(std_logging.Formatter):
+  """The binaries' short log lines: "I1130 09:02:52 message"; warnings and errors keep file:line.
+
+  absl's default prefix (microseconds, thread id, file:line on every line) takes 57 of the
+  console's columns; progress lines need them. Here, without TensorFlow, for a supervisor;
+  mtssl_tf/bin/common.py uses it for every binary.
+  """
 
   def format(self, record):
     stamp = time.strftime("%m%d %H:%M:%S", time.localtime(record.created))
@@ -76,7 +81,7 @@ def log_to_stderr():
   """Sends absl's log lines to stderr as the binaries write them, for a supervisor that runs
   without absl's `app.run` (and without TensorFlow: mtssl_tf/bin/common.py imports it)."""
   logging.use_absl_handler()
-  logging.get_absl_handler().setFormatter(_ConsoleFormatter())
+  logging.get_absl_handler().setFormatter(ConsoleFormatter())
 
 
 def is_supervised():

@@ -14,7 +14,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 import warnings
 
 
@@ -79,6 +78,7 @@ from absl import logging
 import gin
 import tensorflow as tf
 
+from mtssl_tf import supervise
 from mtssl_tf import validate
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -234,26 +234,11 @@ def parse_gin(gin_files, gin_params):
   logging.info("Gin files %s, bindings %s", resolved, gin_params)
 
 
-class _ConsoleFormatter(std_logging.Formatter):
-  """Short log lines: "I1130 09:02:52 message"; warnings and errors keep file:line.
-
-  absl's default prefix (microseconds, thread id, file:line on every line) takes 57 of the
-  console's columns; progress lines need them.
-  """
-
-  def format(self, record):
-    stamp = time.strftime("%m%d %H:%M:%S", time.localtime(record.created))
-    prefix = f"{record.levelname[:1]}{stamp}"
-    if record.levelno >= std_logging.WARNING:
-      prefix += f" {record.filename}:{record.lineno}]"
-    return f"{prefix} {super().format(record)}"
-
-
 def _quiet_console():
   """Short log prefixes and no deprecation warnings that only slim's internals cause."""
   for message in _DEPRECATIONS:
     warnings.filterwarnings("ignore", message=message, category=UserWarning)
-  logging.get_absl_handler().setFormatter(_ConsoleFormatter())
+  logging.get_absl_handler().setFormatter(supervise.ConsoleFormatter())
   # TensorFlow's Python INFO lines (each collective's size under MultiWorkerMirroredStrategy,
   # twice: through its own handler and absl's); its warnings and errors still show.
   std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
