@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import gin
 import numpy as np
@@ -31,6 +32,41 @@ def exported(tmp_path_factory):
   export_dir = str(tmp_path_factory.mktemp("export") / "trunk")
   export_lib.export_trunk(trunk, export_dir, source_checkpoint="in-memory")
   return trunk, export_dir
+
+
+@pytest.fixture(scope="module")
+def slim_checkpoint(exported, tmp_path_factory):
+  """The exported trunk's weights as a TF1 name-based checkpoint (as slim's are), with a
+  classifier variable that is not the trunk's; returns its prefix."""
+  trunk, _ = exported
+  values = {v.name.split(":")[0]: v.numpy() for v in trunk.variables}
+  values["resnet_v2_26/logits/weights"] = np.ones([1, 1, 1024, 10], np.float32)
+  return save_tf1_checkpoint(values,
+                             str(tmp_path_factory.mktemp("slim") / "resnet_v2_26.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def binary_run(exported, slim_checkpoint, tmp_path_factory):
+  """mtssl-export run once, with --overwrite, on `slim_checkpoint`, at output stride 8.
+
+  Its --export_dir holds a copy of `exported`'s SavedModel with a file of its own: the earlier
+  export that the run replaces.
+  """
+  _, export_dir = exported
+  prefix = slim_checkpoint
+  root = tmp_path_factory.mktemp("binary")
+  parent = root / "exports"
+  target = parent / "trunk"
+  shutil.copytree(export_dir, target)
+  (target / "stale.txt").write_text("from the earlier export")
+  env = dict(os.environ, PYTHONPATH=_REPO)
+  cmd = [sys.executable, "-m", "mtssl_tf.bin.export", f"--checkpoint={prefix}",
+         f"--export_dir={target}", "--output_stride=8", "--overwrite",
+         "--gin_param=Trunk.depth = 26"]  # the checkpoint's depth: accepted
+  result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+  return types.SimpleNamespace(prefix=prefix, parent=parent, export_dir=str(target), env=env,
+                               result=result)
 
 
 def _close(a, b):
@@ -89,36 +125,24 @@ def test_hub_keras_layer_loads_it_trainable(exported):
   assert len(layer.losses) == 1  # slim's weight decay, from regularization_losses
 
 
-def test_refuses_to_overwrite_and_leaves_no_temporary(exported, tmp_path):
+def test_refuses_to_overwrite_and_leaves_no_temporary(exported, binary_run):
   trunk, export_dir = exported
   with pytest.raises(FileExistsError, match="already exists"):
     export_lib.export_trunk(trunk, export_dir)
-  # An earlier export (the fixture's, with a file of its own) is replaced whole.
-  target = tmp_path / "again"
-  shutil.copytree(export_dir, target)
-  (target / "stale.txt").write_text("from the earlier export")
-  export_lib.export_trunk(trunk, str(target), overwrite=True)
-  assert sorted(os.listdir(tmp_path)) == ["again"]
+  # An earlier export (the fixture's, with a file of its own) is replaced whole: by `binary_run`,
+  # mtssl-export --overwrite (export_trunk's overwrite=True).
+  assert binary_run.result.returncode == 0, binary_run.result.stderr[-3000:]
+  target = binary_run.export_dir
+  assert sorted(os.listdir(binary_run.parent)) == ["trunk"]
   assert "stale.txt" not in os.listdir(target) and "saved_model.pb" in os.listdir(target)
 
 
-def test_binary_exports_a_tf1_slim_style_checkpoint(tmp_path):
-  """mtssl-export on a name-based checkpoint: depth read from the names, stride from gin."""
-  trunk = trunk_lib.Trunk(depth=26)
-  trunk.ensure_built()
-  randomize_batch_norm(trunk.variables, seed=7)
-  values = {v.name.split(":")[0]: v.numpy() for v in trunk.variables}
-  values["resnet_v2_26/logits/weights"] = np.ones([1, 1, 1024, 10], np.float32)
-  prefix = save_tf1_checkpoint(values, str(tmp_path / "resnet_v2_26.ckpt"))
-  export_dir = str(tmp_path / "export")
-  env = dict(os.environ, PYTHONPATH=_REPO)
-  cmd = [sys.executable, "-m", "mtssl_tf.bin.export", f"--checkpoint={prefix}",
-         f"--export_dir={export_dir}", "--output_stride=8",
-         "--gin_param=Trunk.depth = 26"]  # the checkpoint's depth: accepted
-  result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def test_binary_exports_a_tf1_slim_style_checkpoint(binary_run, tmp_path):
+  """mtssl-export on a name-based checkpoint: depth read from the names, stride from its flag."""
+  result, prefix, env = binary_run.result, binary_run.prefix, binary_run.env
   assert result.returncode == 0, result.stderr[-3000:]
   assert "loaded 104 trunk variables, skipped 1" in result.stdout
-  loaded = tf.saved_model.load(export_dir)
+  loaded = tf.saved_model.load(binary_run.export_dir)
   out = loaded.signatures["serve_uint8"](images=tf.constant(_UINT8))
   assert out["block3"].shape.as_list() == [2, 6, 5, 1024]  # output stride 8
   live = trunk_lib.Trunk(depth=26, output_stride=8)
@@ -128,9 +152,10 @@ def test_binary_exports_a_tf1_slim_style_checkpoint(tmp_path):
   # A depth binding that contradicts the checkpoint: refused in one line, nothing written. (The
   # library's other refusals, an existing export and a missing checkpoint, reach the console
   # the same way: test_refuses_to_overwrite_and_leaves_no_temporary, test_checkpoint.py.)
-  deeper = subprocess.run(cmd[:3] + [f"--checkpoint={prefix}", f"--export_dir={tmp_path}/d",
-                                     "--gin_param=Trunk.depth = 50"],
-                          env=env, capture_output=True, text=True, timeout=300)
+  deeper = subprocess.run([sys.executable, "-m", "mtssl_tf.bin.export",
+                           f"--checkpoint={prefix}", f"--export_dir={tmp_path}/d",
+                           "--gin_param=Trunk.depth = 50"],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
   assert deeper.returncode == 1 and "Traceback" not in deeper.stderr
   assert deeper.stderr.splitlines()[-1:] == [
       f"mtssl-export: Trunk.depth = 50 (gin) but {prefix} holds a depth-26 trunk (resnet_v2_26); "
@@ -138,11 +163,8 @@ def test_binary_exports_a_tf1_slim_style_checkpoint(tmp_path):
   assert not os.path.exists(f"{tmp_path}/d")
 
 
-def test_refuses_a_trunk_depth_binding_the_checkpoint_contradicts(tmp_path):
-  trunk = trunk_lib.Trunk(depth=26)
-  trunk.ensure_built()
-  prefix = save_tf1_checkpoint({v.name.split(":")[0]: v.numpy() for v in trunk.variables},
-                               str(tmp_path / "resnet_v2_26.ckpt"))
+def test_refuses_a_trunk_depth_binding_the_checkpoint_contradicts(slim_checkpoint, tmp_path):
+  prefix = slim_checkpoint
   try:
     with gin.unlock_config():
       gin.bind_parameter("Trunk.depth", 50)
