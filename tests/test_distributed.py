@@ -23,6 +23,9 @@ a one-ulp difference in the weights into a gradient that differs by percents wit
 steps. Hence 4 pairs (8 trunk inputs) per replica, batch norm epsilon 1 instead of slim's 1e-5,
 3 steps and a fixed initialization.
 
+None of this depends on the trunk's depth: every process here builds a trunk of one unit per
+block (`SMALL_DEPTH`), which builds and traces in about half the time of the depth-26 one.
+
 RMSProp's epsilon is 1e4 here (inside the square root; gradients are below ~5), so an update is
 momentum SGD at rate lr / 100, linear in the gradient to 2e-4. Summing the replicas' gradients
 where they should be averaged (a loss not divided by the number of replicas) then doubles the
@@ -43,6 +46,7 @@ import pytest
 import tensorflow as tf
 
 from mtssl_tf import training
+from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
 from tests import multi_worker_run
 from tests import test_training
@@ -53,8 +57,31 @@ from tests.conftest import untraced_steps
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# A ResNet-v2 of one bottleneck unit per block (20 layers in slim's counting, block 4's 3 units
+# included), registered by these tests alone, in this process (`_small_trunk`) and in the ones
+# they start (`_python`): slim's blocks and variables, as at depth 26 (two units per block).
+SMALL_DEPTH, SMALL_UNITS = 20, (1, 1, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _small_trunk():
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(trunk_lib.BLOCK_UNITS, SMALL_DEPTH, SMALL_UNITS)
+    yield
+
+
+def _python(*statements):
+  """A command running `statements` (Python) where the trunk has the small depth."""
+  register = f"trunk.BLOCK_UNITS[{SMALL_DEPTH}] = {SMALL_UNITS}"
+  # The binaries' module first: it quiets TensorFlow's import.
+  return [sys.executable, "-c", "; ".join(
+      ("import sys", "from mtssl_tf.bin import common", "from mtssl_tf import trunk", register) +
+      statements)]
+
+
 # Relative position, updating every 2 of its steps (see the module docstring).
 SPLIT_BINDINGS = test_training.TINY + [
+    f"Trunk.depth = {SMALL_DEPTH}",
     "MultiTaskTrainer.tasks = ['relative_position']",
     "relative_position/TaskSettings.accumulation_steps = 2",
     "TaskSettings.learning_rate = 0.1",
@@ -64,8 +91,9 @@ SPLIT_BINDINGS = test_training.TINY + [
 SPLIT_STEPS = 3
 SPLIT_PAIRS = 4  # per replica
 # Of the largest value of each kind (steps, slots, accumulators). Measured, split runs against
-# one device: 2e-6 (2e-4 at worst over five initializations); with the loss not divided by the
-# number of replicas: 1 (steps) to 3 (velocity).
+# one device: 2e-6 (2e-4 at worst over five initializations) with the depth-26 trunk, 1.5e-6 with
+# the small one; with the loss not divided by the number of replicas: 1 (steps) to 3 (velocity),
+# and 1 (steps) with the small trunk.
 SPLIT_RTOL = 1e-2
 
 
@@ -164,8 +192,8 @@ def test_two_workers_on_half_batches_match_one_worker_on_the_whole_batch(tmp_pat
                TF_CONFIG=json.dumps({"cluster": cluster,
                                      "task": {"type": "worker", "index": index}}))
     processes.append(subprocess.Popen(
-        [sys.executable, os.path.join(_ROOT, "tests", "multi_worker_run.py"),
-         str(tmp_path / "run"), str(tmp_path / f"worker{index}.npz"), str(SPLIT_STEPS),
+        _python("from tests import multi_worker_run", "multi_worker_run.main(*sys.argv[1:])") +
+        [str(tmp_path / "run"), str(tmp_path / f"worker{index}.npz"), str(SPLIT_STEPS),
          str(tmp_path / "bindings.json"), str(tmp_path / "batches.npz")],
         env=env, cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   outputs = [p.communicate(timeout=400)[0] for p in processes]
@@ -202,15 +230,23 @@ def test_mirrored_over_two_devices_matches_one_device_on_the_whole_batch(tmp_pat
                              one_device.initial)
 
 
+# Relative position (1 unit of compute a step) checkpoints every this many steps.
+CHECKPOINT_EVERY = 2
+
+
 def _train_command(tmp_path, num_steps):
+  """mtssl-train's command, its steps untraced: what the loop does around them is under test."""
   gin_file = tmp_path / "tiny.gin"
   gin_file.write_text("\n".join(test_training.TINY + [
-      "MultiTaskTrainer.tasks = ['relative_position']",  # each process traces its one step
-      "MultiTaskTrainer.checkpoint_every_compute = 4",
+      f"Trunk.depth = {SMALL_DEPTH}",
+      "MultiTaskTrainer.tasks = ['relative_position']",
+      f"MultiTaskTrainer.checkpoint_every_compute = {CHECKPOINT_EVERY}",
       "MultiTaskTrainer.max_checkpoints_to_keep = 100",
   ]) + "\n")
-  return [sys.executable, "-m", "mtssl_tf.bin.train", f"--gin_file={gin_file}",
-          f"--model_dir={tmp_path / 'run'}", f"--num_steps={num_steps}"]
+  return _python("import tensorflow as tf", "tf.config.run_functions_eagerly(True)",
+                 "from mtssl_tf.bin import train", "train.run()") + [
+                     f"--gin_file={gin_file}", f"--model_dir={tmp_path / 'run'}",
+                     f"--num_steps={num_steps}"]
 
 
 def _wait_for(path, process, seconds=480):
@@ -232,17 +268,20 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint_and_sigterm_saves_the
     tmp_path):
   import signal  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  every = CHECKPOINT_EVERY
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   process = subprocess.Popen(_train_command(tmp_path, 100000), cwd=_ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  assert _wait_for(tmp_path / "run" / "ckpt-8.index", process), process.communicate()[1][-3000:]
+  assert _wait_for(tmp_path / "run" / f"ckpt-{2 * every}.index", process), (
+      process.communicate()[1][-3000:])
   process.send_signal(signal.SIGKILL)
   process.communicate(timeout=60)
   latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
   saved_step = int(latest.split("-")[-1])
-  # ckpt-8's files may exist while the `checkpoint` index still names ckpt-4 (killed between
-  # the two writes): then ckpt-4 is the last complete checkpoint, as it should be.
-  assert saved_step >= 4 and saved_step % 4 == 0
+  # The second checkpoint's files may exist while the `checkpoint` index still names the first
+  # (killed between the two writes): then the first is the last complete checkpoint, as it
+  # should be.
+  assert saved_step >= every and saved_step % every == 0
   assert _checkpoint_step(latest) == saved_step
   # The rerun resumes there; a SIGTERM once it has saved a checkpoint of its own (at a compute
   # threshold past every file the killed run left) makes it save the step it is at and exit
@@ -251,7 +290,7 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint_and_sigterm_saves_the
              for p in (tmp_path / "run").glob("ckpt-*.index"))
   rerun = subprocess.Popen(_train_command(tmp_path, 100000), cwd=_ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  assert _wait_for(tmp_path / "run" / f"ckpt-{left // 4 * 4 + 4}.index", rerun), (
+  assert _wait_for(tmp_path / "run" / f"ckpt-{left // every * every + every}.index", rerun), (
       rerun.communicate()[1][-3000:])
   rerun.send_signal(signal.SIGTERM)
   _, stderr = rerun.communicate(timeout=120)
@@ -260,6 +299,6 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint_and_sigterm_saves_the
   assert "stopped by a signal" in stderr
   final = tf.train.latest_checkpoint(str(tmp_path / "run"))
   step = int(final.split("-")[-1])
-  assert step >= saved_step + 4 and _checkpoint_step(final) == step
+  assert step >= saved_step + every and _checkpoint_step(final) == step
   # The checkpoint is at the step where it stopped, not at a compute threshold.
   assert f"Finished at step {step} " in stderr
