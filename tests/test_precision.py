@@ -16,6 +16,8 @@ from mtssl_tf import trunk as trunk_lib
 from mtssl_tf.bin import common
 from tests import test_training
 from tests.conftest import untraced_steps
+from tests.test_distributed import SMALL_DEPTH
+from tests.test_distributed import SMALL_UNITS
 
 TASKS = ["relative_position", "colorization", "exemplar", "motion_segmentation"]
 # bfloat16 keeps 8 bits of mantissa (0.2-0.4% per rounding). Measured here, same weights: the
@@ -24,7 +26,9 @@ TASKS = ["relative_position", "colorization", "exemplar", "motion_segmentation"]
 # values, which amplifies rounding). Task losses at one training step then differ by: colorization
 # 0.01%, relative position ~2%, motion segmentation ~1%; exemplar 4-22% (its hinge on
 # differences of cosine distances between near-identical random embeddings is the most
-# sensitive). Tolerances, per task:
+# sensitive). The trainers here build a trunk of one unit per block (half the depth-26 trunk's
+# units: it traces and compiles in about half the time); measured with it: colorization 0.005-0.04%,
+# relative position 0.4-0.8%, motion segmentation 0.03-0.4%, exemplar ~1%. Tolerances, per task:
 BF16_LOSS_RTOL = {"relative_position": 0.05, "colorization": 0.01, "motion_segmentation": 0.05,
                   "exemplar": 0.3}
 
@@ -32,10 +36,18 @@ BF16_LOSS_RTOL = {"relative_position": 0.05, "colorization": 0.01, "motion_segme
 pytestmark = pytest.mark.xdist_group("test_precision")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _small_trunk():
+  """Trainers here build a trunk of one unit per block (`test_distributed.SMALL_DEPTH`)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(trunk_lib.BLOCK_UNITS, SMALL_DEPTH, SMALL_UNITS)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _gin():
   gin.clear_config()
-  common.parse_gin([], test_training.TINY)
+  common.parse_gin([], test_training.TINY + [f"Trunk.depth = {SMALL_DEPTH}"])
   yield
   gin.clear_config()
   assert precision.current() == "float32", "a trainer leaked its precision"
@@ -141,12 +153,14 @@ def test_xla_compiled_step_equals_the_plain_one(tmp_path, batches):
         if name == "colorization":
           updates[trainer is xla] = delta(trainer)
   # XLA fuses and reorders float32 sums: ~1e-6 relative on colorization's loss; up to ~1e-3
-  # seen on exemplar's (batch norm over 8 values at 1x1, then a hinge, amplify rounding).
+  # seen on exemplar's (batch norm over 8 values at 1x1, then a hinge, amplify rounding). With the
+  # small trunk: ~1e-7 and ~1e-5.
   tolerance = {"colorization": 1e-4, "exemplar": 1e-2}
   for name in names:
     assert losses[(True, name)] == pytest.approx(losses[(False, name)], rel=tolerance[name])
   # The update agrees too (colorization's: a smooth loss; exemplar's hinge switches terms on
-  # and off with rounding, so its gradient may jump). Measured: 0.01-0.2% (relative norm).
+  # and off with rounding, so its gradient may jump). Measured: 0.01-0.2% (relative norm); with
+  # the small trunk 0.005-0.4%.
   want, have = updates[False], updates[True]
   assert np.linalg.norm(want) > 0
   assert np.linalg.norm(have - want) < 1e-2 * np.linalg.norm(want)
@@ -173,7 +187,8 @@ def test_float16_loss_scaling_skips_an_overflow_and_recovers(tmp_path, batches):
   assert float(optimizer.loss_scale) == 2.0**19
   assert trainer.skipped_updates["relative_position"] == 1
   # It keeps halving until the gradients fit, then trains: the run never stops on it.
-  # (Measured: they fit at 2**15 or 2**16; float16 steps are slow on CPUs.)
+  # (Measured: they fit at 2**15 or 2**16, with the small trunk at 2**16; float16 steps are slow
+  # on CPUs.)
   trainer.train(num_steps=8, save_at_end=False)
   skipped = trainer.skipped_updates["relative_position"]
   assert 1 < skipped < 8
