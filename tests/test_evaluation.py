@@ -206,17 +206,27 @@ def test_eval_lasso_learns(name, bindings):
   _parse(*bindings, "Lasso.init = 'uniform'", "Lasso.l1_weight = 0.0",
          f"{name}/EvalSettings.learning_rate = 0.01",
          f"{name}/EvalSettings.batch_norm_statistics = 'checkpoint'")
-  evaluator = evaluation.Evaluator(name, init="random", use_lasso=True)
-  alpha = evaluator.evaluation.lasso.row(name)
-  start = alpha.numpy().copy()
-  features = next(evaluator.iterator)
-  with tf.GradientTape() as tape:
-    loss = evaluator.evaluation.model_fn(features, heads.Mode.TRAIN).loss
-  gradient = tape.gradient(loss, alpha)
-  assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0
-  with untraced_steps():  # what the steps do to alpha is under test, not how they compile
-    for _ in range(3):
-      evaluator.train_step()
+  # Seeded: unseeded, alpha's gradient on a random trunk ranged over 1.7e-4 to 2.7e-2 across
+  # initializations, so a fixed threshold on how far it moves was a coin toss.
+  with evaluation._seeded(0):  # pylint: disable=protected-access
+    evaluator = evaluation.Evaluator(name, init="random", use_lasso=True)
+    alpha = evaluator.evaluation.lasso.row(name)
+    start = alpha.numpy().copy()
+    features = next(evaluator.iterator)
+    with tf.GradientTape() as tape:
+      loss = evaluator.evaluation.model_fn(features, heads.Mode.TRAIN).loss
+    gradient = tape.gradient(loss, alpha)
+    assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0
+    with untraced_steps():  # what the steps do to alpha is under test, not how they compile
+      evaluator.train_step(features)
+      if name == "nyu_depth":
+        # Depth's step is deterministic on a batch: its first update is SGD's -lr * gradient
+        # moved back onto sum 1 (the gradient minus its mean), no clipping in its protocol.
+        g = gradient.numpy()
+        np.testing.assert_allclose(alpha.numpy() - start, -0.01 * (g - g.mean()), rtol=0.02,
+                                   atol=1e-8)
+      for _ in range(2):
+        evaluator.train_step()
   moved = alpha.numpy()
-  assert np.abs(moved - start).max() > 1e-6
+  assert np.abs(moved - start).max() > 1e-5
   assert moved.sum() == pytest.approx(1.0, abs=1e-5)
