@@ -69,3 +69,34 @@ def test_explain_names_each_evaluation_pretraining_did_not_lift():
                              "between seeds 6.000)")
   assert "200 steps per task" in lines[0] and "relative_position 0.170 vs 0.125" in lines[0]
   assert "fine-tuning the whole trunk" in lines[0]
+
+
+def test_run_evaluations_puts_each_pooled_result_under_its_trunk_and_seed(monkeypatch, capsys):
+  # The runs go to the pool longest first (detection, then depth); each result must come back
+  # under the trunk and seed that produced it, in seed order.
+  seen = {}
+
+  def fake_run_jobs(jobs, processes, gin_files, gin_params, on_done):
+    seen.update(processes=processes, gin_files=gin_files, gin_params=gin_params,
+                names=[j.eval_name for j in jobs])
+    out = []
+    for i, job in enumerate(jobs):
+      pretrained = "checkpoint" in job.kwargs
+      value = (10 if pretrained else 20) + job.seed  # pretrained 10/11, random 20/21
+      metrics = {"delta1_pct": value, "rmse": 1.0, "map50_voc07": value / 100,
+                 "map50_area": 0.0}
+      out.append(({"metrics": metrics}, 1.0))
+      on_done(i, *out[-1])
+    return out
+
+  monkeypatch.setattr(demo.eval_pool, "run_jobs", fake_run_jobs)
+  outcome = demo.run_evaluations("/ckpt", "/out", [0, 1], names=["nyu_depth", "voc_detection"],
+                                 processes=3, gin_files=["a.gin"], gin_params=["x = 1"])
+  assert seen["processes"] == 3 and seen["gin_files"] == ["a.gin"]
+  assert seen["gin_params"] == ["x = 1"]
+  assert seen["names"] == ["voc_detection"] * 4 + ["nyu_depth"] * 4
+  assert outcome["nyu_depth"]["pretrained"] == 10.5 and outcome["nyu_depth"]["random"] == 20.5
+  assert outcome["voc_detection"]["difference"] == pytest.approx(-0.1)
+  assert outcome["nyu_depth"]["noise"] == 1.0
+  table = capsys.readouterr().out
+  assert "10.000/11.000" in table and "20.000/21.000" in table

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from mtssl_tf import color
 from mtssl_tf import color_prior
+from mtssl_tf import eval_pool
 from mtssl_tf import evaluation
 from mtssl_tf import export as export_lib
 from mtssl_tf import heads
@@ -46,6 +47,9 @@ flags.DEFINE_string("workdir", None, "Where to write the run and the export (def
 flags.DEFINE_integer("num_steps", 800, "Global training steps (all tasks together).")
 flags.DEFINE_list("evals", None, "Evaluations to run after pretraining (default: every "
                   "registered one); empty to skip.")
+flags.DEFINE_integer("eval_processes", None, "Evaluation runs at once, each in its own "
+                     "single-threaded process (default: one per CPU core); 1 runs them one "
+                     "after another in this process.")
 flags.DEFINE_integer("eval_seeds", 2, "Seeds of each evaluation (0, 1, ...), for each trunk: "
                      "with two or more, the table says whether the difference exceeds the "
                      "spread between seeds.")
@@ -99,7 +103,10 @@ def main(argv):
   held_out = pretext_held_out(trainer)
   print_held_out(held_out)
   outcome = run_evaluations(summary["checkpoint"], os.path.join(workdir, "results"),
-                            seeds=list(range(FLAGS.eval_seeds)))
+                            seeds=list(range(FLAGS.eval_seeds)), names=FLAGS.evals,
+                            processes=FLAGS.eval_processes,
+                            gin_files=["experiments/demo.gin"] + FLAGS.gin_file,
+                            gin_params=FLAGS.gin_param + _prior_binding())
   for line in explain(outcome, held_out, summary["task_steps"]):
     print(f"[demo] {line}")
   print("[demo] OK")
@@ -113,6 +120,14 @@ def bind_color_prior(workdir):
   if summary is not None:
     print(f"[demo] colorization's color prior from {summary['images_used']} "
           f"{summary['source']['source']} images in {time.time() - start:.1f} s: {path}")
+
+
+def _prior_binding():
+  """colorization.prior_path as bound now, as a binding for processes that parse gin anew."""
+  try:
+    return [f"colorization.prior_path = {gin.query_parameter('colorization.prior_path')!r}"]
+  except ValueError:
+    return []
 
 
 # The held-out toy data: the toy image and video sources drawn with another seed than the
@@ -206,6 +221,9 @@ def print_held_out(scores):
 HEADLINE = {"imagenet_linear": ("top1", "top5"), "nyu_depth": ("delta1_pct", "rmse"),
             "voc_detection": ("map50_voc07", "map50_area")}
 TRUNKS = ("pretrained", "random init")
+# Relative cost of one toy run of each evaluation (CPU seconds with demo.gin): longest first
+# keeps the processes busy to the end.
+EXPECTED_COST = {"voc_detection": 240, "nyu_depth": 116, "imagenet_linear": 60}
 
 
 def compare(values):
@@ -247,32 +265,50 @@ def format_comparison(name, metric, values, result):
           f"{result['verdict']}")
 
 
-def run_evaluations(checkpoint, output_dir, seeds):
+def run_evaluations(checkpoint, output_dir, seeds, names=None, processes=None, gin_files=(),
+                    gin_params=()):
   """Evaluates the pretrained checkpoint and a random trunk with each seed; prints a table.
 
   Both trunks get the identical protocol (the evaluation's settings in demo.gin) and the same
-  seeds; each seed's results go to `output_dir`/seed<seed>.
+  seeds; each seed's results go to `output_dir`/seed<seed>. `names`: the evaluations (None:
+  every registered one). The runs go through
+  `eval_pool.run_jobs`: `processes` at once (None: one per CPU core), each worker parsing
+  `gin_files` and `gin_params`; the longest evaluations start first.
 
   Returns:
     {evaluation: `compare` result of its headline metric}.
   """
   from mtssl_tf.evals import base as evals_base  # pylint: disable=g-import-not-at-top
-  names = evals_base.registered() if FLAGS.evals is None else FLAGS.evals
-  values, start_all = {}, time.time()
+  names = evals_base.registered() if names is None else names
   if not names:
     return {}
-  for name in names:
-    values[name] = {k: {t: [] for t in TRUNKS} for k in HEADLINE.get(name, ())}
-    for seed in seeds:
-      for trunk, kwargs in zip(TRUNKS, (dict(checkpoint=checkpoint), dict(init="random"))):
-        start = time.time()
-        results = evaluation.evaluate(name, os.path.join(output_dir, f"seed{seed}"), seed=seed,
-                                      **kwargs)
-        metrics = results["metrics"]
-        for key in values[name]:
-          values[name][key][trunk].append(float(metrics[key]))
-        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in values[name])
-        print(f"[demo] {name} ({trunk}, seed {seed}): {shown} [{time.time() - start:.0f} s]")
+  start_all = time.time()
+  runs = [(name, seed, trunk, kwargs)
+          for name in sorted(names, key=lambda n: -EXPECTED_COST.get(n, 0))
+          for seed in seeds
+          for trunk, kwargs in zip(TRUNKS, (dict(checkpoint=checkpoint), dict(init="random")))]
+  jobs = [eval_pool.Job(name, os.path.join(output_dir, f"seed{seed}"), seed, kwargs)
+          for name, seed, _, kwargs in runs]
+  processes = processes or eval_pool.default_processes(jobs)
+  print(f"[demo] {len(jobs)} evaluation runs ({', '.join(names)}; 2 trunks x {len(seeds)} "
+        f"seed(s)), {processes} at a time" + (", each in its own single-threaded process"
+                                               if processes > 1 else ""))
+  done = []
+
+  def report(i, results, seconds):
+    name, seed, trunk, _ = runs[i]
+    done.append(i)
+    metrics = results["metrics"]
+    shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE.get(name, ()))
+    print(f"[demo] {name} ({trunk}, seed {seed}): {shown} [{seconds:.0f} s; "
+          f"{len(done)}/{len(jobs)} done, {time.time() - start_all:.0f} s so far]", flush=True)
+
+  finished = eval_pool.run_jobs(jobs, processes, gin_files, gin_params, on_done=report)
+  values = {name: {k: {t: [] for t in TRUNKS} for k in HEADLINE.get(name, ())}
+            for name in names}
+  for (name, _, trunk, _), (results, _) in zip(runs, finished):
+    for key in values[name]:
+      values[name][key][trunk].append(float(results["metrics"][key]))
   print(f"[demo] evaluations at toy scale, {len(seeds)} seed(s) each, in "
         f"{time.time() - start_all:.0f} s (results JSON in {output_dir}):")
   print(f"[demo] {'evaluation':16s} {'metric':12s} {'pretrained':>17s} {'random init':>17s} "
