@@ -63,3 +63,10 @@ def test_default_processes_is_the_cores_at_most_one_per_job():
   assert eval_pool.default_processes([None] * 100) == cores
   assert eval_pool.default_processes([None]) == 1
   assert eval_pool.default_processes([]) == 1
+
+
+def test_longest_first_orders_by_expected_cost_and_keeps_ties_in_order():
+  jobs = [eval_pool.Job(name, f"/out/{i}", 0, {}) for i, name in enumerate(
+      ["imagenet_linear", "nyu_depth", "voc_detection", "imagenet_linear", "voc_detection"])]
+  ordered = eval_pool.longest_first(jobs)
+  assert [j.output_dir for j in ordered] == ["/out/2", "/out/4", "/out/1", "/out/0", "/out/3"]

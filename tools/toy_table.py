@@ -7,7 +7,9 @@ toy videos, the demo's learning rate and batch sizes) on its tasks for --num_ste
 the same for every row (the paper compares rows at equal pretraining compute), then runs the
 three evaluations with the demo's toy protocol (demo.gin: a linear probe on the toy shapes,
 fine-tuned detection of toy objects, fine-tuned depth of toy scenes) and --seed. The "Random
-Init" row evaluates the untrained trunk with the same protocol.
+Init" row evaluates the untrained trunk with the same protocol. The rows pretrain one after
+another; then every row's evaluations run side by side (mtssl_tf/eval_pool.py: one
+single-threaded process per CPU core, --eval_processes), longest first.
 
 Outputs, in --workdir: `toy_table.md` (our number beside the paper's, "ours (paper)", in
 percent, as tools/results_table.py writes cells; the paper's are on the real datasets, so only
@@ -30,6 +32,7 @@ import gin
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from mtssl_tf import color_prior
+from mtssl_tf import eval_pool
 from mtssl_tf import evaluation
 from mtssl_tf import experiments
 from mtssl_tf import files
@@ -76,15 +79,14 @@ def pretrain(row, workdir, num_steps):
   return summary["checkpoint"]
 
 
-def evaluate_row(row, checkpoint, workdir, evals, seed):
-  """Runs each evaluation not yet done on the row's checkpoint (None: random init)."""
+def evaluation_jobs(row, checkpoint, workdir, evals, seed):
+  """The row's evaluations not yet done, as `eval_pool.Job`s on its checkpoint (None: random
+  init), and the row's results directory."""
   output_dir = os.path.join(workdir, "results", row)
-  for name in evals:
-    if os.path.exists(evaluation.results_path(output_dir, name, checkpoint)):
-      continue
-    kwargs = dict(checkpoint=checkpoint) if checkpoint else dict(init="random")
-    evaluation.evaluate(name, output_dir, seed=seed, **kwargs)
-  return output_dir
+  kwargs = dict(checkpoint=checkpoint) if checkpoint else dict(init="random")
+  jobs = [eval_pool.Job(name, output_dir, seed, kwargs) for name in evals
+          if not os.path.exists(evaluation.results_path(output_dir, name, checkpoint))]
+  return jobs, output_dir
 
 
 def load(result_dirs):
@@ -147,6 +149,9 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_list("rows", list(ROWS), f"Rows to run, of {list(ROWS)}.", **fv)
   flags.DEFINE_list("evals", list(experiments.EVALUATIONS), "Evaluations of each row.", **fv)
   flags.DEFINE_integer("seed", 0, "Seed of every evaluation.", **fv)
+  flags.DEFINE_integer("eval_processes", None, "Evaluations at once, each in its own "
+                       "single-threaded process (default: one per CPU core); 1 runs them one "
+                       "after another in this process.", **fv)
 
 
 def main(argv):
@@ -155,13 +160,30 @@ def main(argv):
   unknown = sorted(set(FLAGS.rows) - set(ROWS))
   if unknown:
     raise app.UsageError(f"Unknown --rows {unknown}; choose from {list(ROWS)}.")
-  result_dirs, start = {}, time.time()
+  result_dirs, jobs, start = {}, [], time.time()
   for row in FLAGS.rows:
     row_start = time.time()
     configure(ROWS[row], FLAGS.gin_file, FLAGS.gin_param)
     checkpoint = None if ROWS[row] is None else pretrain(row, FLAGS.workdir, FLAGS.num_steps)
-    result_dirs[row] = evaluate_row(row, checkpoint, FLAGS.workdir, FLAGS.evals, FLAGS.seed)
-    print(f"[toy_table] {row}: done in {time.time() - row_start:.0f} s", flush=True)
+    row_jobs, result_dirs[row] = evaluation_jobs(row, checkpoint, FLAGS.workdir, FLAGS.evals,
+                                                 FLAGS.seed)
+    jobs += row_jobs
+    print(f"[toy_table] {row}: pretrained in {time.time() - row_start:.0f} s; "
+          f"{len(row_jobs)} evaluation(s) to run", flush=True)
+  jobs = eval_pool.longest_first(jobs)
+  processes = FLAGS.eval_processes or eval_pool.default_processes(jobs)
+  eval_start = time.time()
+
+  def report(i, results, seconds):
+    print(f"[toy_table] {jobs[i].output_dir}: {jobs[i].eval_name} {results['metrics']} "
+          f"[{seconds:.0f} s, {time.time() - eval_start:.0f} s so far]", flush=True)
+
+  # Workers parse the demo's configuration with the user's files and bindings (the task list
+  # does not matter to an evaluation).
+  eval_pool.run_jobs(jobs, processes, ["experiments/demo.gin"] + FLAGS.gin_file,
+                     FLAGS.gin_param, on_done=report)
+  print(f"[toy_table] {len(jobs)} evaluations in {time.time() - eval_start:.0f} s, "
+        f"{processes} at a time", flush=True)
   rows = load(result_dirs)
   text = markdown(rows, FLAGS.num_steps, FLAGS.seed)
   files.write_atomically(os.path.join(FLAGS.workdir, "toy_table.md"), lambda f: f.write(text))

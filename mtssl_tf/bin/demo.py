@@ -221,9 +221,6 @@ def print_held_out(scores):
 HEADLINE = {"imagenet_linear": ("top1", "top5"), "nyu_depth": ("delta1_pct", "rmse"),
             "voc_detection": ("map50_voc07", "map50_area")}
 TRUNKS = ("pretrained", "random init")
-# Relative cost of one toy run of each evaluation (CPU seconds with demo.gin): longest first
-# keeps the processes busy to the end.
-EXPECTED_COST = {"voc_detection": 240, "nyu_depth": 116, "imagenet_linear": 60}
 
 
 def compare(values):
@@ -284,7 +281,7 @@ def run_evaluations(checkpoint, output_dir, seeds, names=None, processes=None, g
     return {}
   start_all = time.time()
   runs = [(name, seed, trunk, kwargs)
-          for name in sorted(names, key=lambda n: -EXPECTED_COST.get(n, 0))
+          for name in sorted(names, key=lambda n: -eval_pool.EXPECTED_COST.get(n, 0))
           for seed in seeds
           for trunk, kwargs in zip(TRUNKS, (dict(checkpoint=checkpoint), dict(init="random")))]
   jobs = [eval_pool.Job(name, os.path.join(output_dir, f"seed{seed}"), seed, kwargs)

@@ -66,3 +66,19 @@ def test_table_and_chart_from_results(tmp_path):
   image = np.asarray(Image.open(path))
   assert image.shape[:2] == (340, 1200)
   assert os.listdir(tmp_path).count("chart.png") == 1
+
+
+def test_evaluation_jobs_are_the_rows_evaluations_not_yet_done(tmp_path):
+  # A rerun resumes: an evaluation whose results JSON exists for this checkpoint is not rerun.
+  workdir = str(tmp_path)
+  evals = ["imagenet_linear", "voc_detection", "nyu_depth"]
+  _result(os.path.join(workdir, "results", "rp"), "voc_detection", {"map50_voc07": 0.1}, 240)
+  jobs, output_dir = toy_table.evaluation_jobs("rp", "/runs/x/ckpt-240", workdir, evals, seed=3)
+  assert output_dir == os.path.join(workdir, "results", "rp")
+  assert [j.eval_name for j in jobs] == ["imagenet_linear", "nyu_depth"]
+  assert all(j.seed == 3 and j.kwargs == {"checkpoint": "/runs/x/ckpt-240"} for j in jobs)
+  # The same evaluation of another checkpoint (or of a random trunk) is still to do.
+  jobs, _ = toy_table.evaluation_jobs("rp", "/runs/x/ckpt-480", workdir, evals, seed=0)
+  assert len(jobs) == 3
+  jobs, _ = toy_table.evaluation_jobs("random", None, workdir, evals, seed=0)
+  assert len(jobs) == 3 and all(j.kwargs == {"init": "random"} for j in jobs)
