@@ -6,6 +6,8 @@ each running its own evaluation, keep N cores busy. `run_jobs` runs a list of `J
 `evaluation.evaluate` takes) in `processes` such processes (spawned: a fresh interpreter each,
 never a fork of a process that has started TensorFlow's threads), each parsing the caller's gin
 files and bindings once; with `processes` 1 it runs them in this process, one after another.
+Measured on a 2-core machine: the demo's 12 toy evaluation runs took 677 s wall and 1177 CPU-s
+in 2 workers, 822 s and 1869 CPU-s one after another in one process.
 
 A seeded run repeats exactly with the same number of threads (TensorFlow's op determinism is
 on), but a single-threaded worker sums in another order than a multi-threaded process: on the

@@ -69,6 +69,19 @@ def test_explain_names_each_evaluation_pretraining_did_not_lift():
                              "between seeds 6.000)")
   assert "200 steps per task" in lines[0] and "relative_position 0.170 vs 0.125" in lines[0]
   assert "fine-tuning the whole trunk" in lines[0]
+  assert "at chance" not in lines[0]  # 0.170 is 0.045 above chance
+  assert lines[0].endswith(f"Measured: {demo.MEASURED_CAUSES['nyu_depth']}.")
+
+
+def test_explain_names_the_pretext_tasks_at_chance():
+  outcome = {"voc_detection": demo.compare({"pretrained": [0.05], "random init": [0.06]})}
+  held_out = {"relative_position": dict(metric="accuracy", value=0.125, chance=0.125,
+                                        chance_is=""),
+              "exemplar": dict(metric="triplet_accuracy", value=0.711, chance=0.5, chance_is="")}
+  [line] = demo.explain(outcome, held_out, {"relative_position": 200, "exemplar": 200})
+  assert "(difference -0.010, one seed, no noise estimate)" in line
+  assert "; relative_position at chance (within 0.01)." in line
+  assert "the linear probe" not in line and "Measured: the 50-step toy detector" in line
 
 
 def test_run_evaluations_puts_each_pooled_result_under_its_trunk_and_seed(monkeypatch, capsys):
