@@ -174,9 +174,15 @@ def main(argv):
   processes = FLAGS.eval_processes or eval_pool.default_processes(jobs)
   eval_start = time.time()
 
+  done = []
+
   def report(i, results, seconds):
-    print(f"[toy_table] {jobs[i].output_dir}: {jobs[i].eval_name} {results['metrics']} "
-          f"[{seconds:.0f} s, {time.time() - eval_start:.0f} s so far]", flush=True)
+    done.append(i)
+    shown = ", ".join(f"{c.metric} {results['metrics'][c.metric]:.3f}" for c in COLUMNS
+                      if c.evaluation == jobs[i].eval_name and c.metric in results["metrics"])
+    print(f"[toy_table] {os.path.basename(jobs[i].output_dir)}: {jobs[i].eval_name} {shown} "
+          f"[{seconds:.0f} s; {len(done)}/{len(jobs)} done, "
+          f"{time.time() - eval_start:.0f} s so far]", flush=True)
 
   # Workers parse the demo's configuration with the user's files and bindings (the task list
   # does not matter to an evaluation).
