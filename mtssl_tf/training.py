@@ -294,6 +294,21 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+def conv_weight_rms(trunk):
+  """Mean over the trunk's conv kernels of each kernel's root mean square (a float).
+
+  Written as the summary `trunk/conv_weight_rms`. With batch norm after every conv a kernel's
+  scale does not change the trunk's output, but a shrinking one makes each step relatively
+  larger: weight decay inside a loss that RMSProp normalizes can shrink it steadily (the demo
+  measured 0.091 -> 0.0067 in 3200 steps, and its features lost what pretraining gave them).
+  """
+  kernels = [v for v in trunk.trainable_variables if v.name.endswith("weights:0")]
+  if not kernels:
+    return 0.0
+  return float(tf.reduce_mean(
+      tf.stack([tf.sqrt(tf.reduce_mean(tf.square(tf.cast(v, tf.float32)))) for v in kernels])))
+
+
 @gin.configurable
 class MultiTaskTrainer:
   """Builds the model, optimizers, accumulators and checkpoint; `train` runs the loop."""
@@ -826,6 +841,7 @@ class MultiTaskTrainer:
     tf.summary.scalar("steps_per_sec",
                       (step - start_step) / max(time.time() - start_time, 1e-9), step=step)
     tf.summary.scalar("compute_used", compute, step=step)
+    tf.summary.scalar("trunk/conv_weight_rms", conv_weight_rms(self.trunk), step=step)
     if self.lasso is not None:
       tf.summary.image("lasso/alpha", self.lasso.image(), step=step)
       tf.summary.text("lasso/alpha_table", self.lasso.markdown_table(), step=step)

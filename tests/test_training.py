@@ -357,6 +357,13 @@ def test_every_task_writes_summaries_on_its_own_cadence(run):
   # Run-wide scalars on the global cadence (and at the end of each call).
   assert {2, 4, 6, 8} <= set(written["steps_per_sec"]) and 8 in written["compute_used"]
   assert 8 in written["lasso/alpha"] and 8 in written["lasso/alpha_table"]
+  # The trunk's conv kernels' mean RMS, from the variables saved after step 6.
+  names = [v.name for v in run.trainer.trunk.trainable_variables]
+  kernels = [w for n, w in zip(names, run.states[6]["trunk"]) if n.endswith("/weights:0")]
+  assert len(kernels) >= 10
+  np.testing.assert_allclose(written["trunk/conv_weight_rms"][6],
+                             np.mean([np.sqrt(np.mean(w.astype(np.float64)**2)) for w in kernels]),
+                             rtol=1e-5)
 
 
 def _first_trunk_updates(trainer, name, loss_scales):
