@@ -331,7 +331,8 @@ MEASURED_CAUSES = {
         "the four-task trunk does not help toy depth: on the demo's checkpoint it trailed random "
         "init by 2-11 points of delta1 in 5 of 6 seed pairs at learning rates 0.001-0.01 (the "
         "sixth, +29.5, is a random-init fine-tune that failed: the seed alone moves delta1 by "
-        "up to 32 points), while colorization alone led in tools/toy_table.py (76.8 vs 73.3)"),
+        "up to 32 points); in tools/toy_table.py no single task's trunk beat random init over "
+        "seeds 0 and 1 either (means 64.5 to 76.2 against 78.6)"),
     "voc_detection": (
         "the 50-step toy detector is noise-bound: one pretrained checkpoint gave mAP 0.136 and "
         "0.039 with seeds 0 and 1, and one trunk and seed gave 0.046 and 0.131 when only the "
