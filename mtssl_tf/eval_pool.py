@@ -116,6 +116,7 @@ def run_jobs(jobs, processes, gin_files=(), gin_params=(), on_done=None,
       if on_done:
         on_done(i, *out[i])
     return out
+  others = set(multiprocessing.active_children())  # not the pool's: left alone on failure
   pool = concurrent.futures.ProcessPoolExecutor(
       processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
       initargs=(list(gin_files), list(gin_params), worker_verbosity))
@@ -129,7 +130,7 @@ def run_jobs(jobs, processes, gin_files=(), gin_params=(), on_done=None,
   except BaseException:
     # Stop at once: waiting for the running jobs to end could take minutes.
     pool.shutdown(wait=False, cancel_futures=True)
-    children = multiprocessing.active_children()
+    children = [c for c in multiprocessing.active_children() if c not in others]
     for child in children:
       child.terminate()
     for child in children:

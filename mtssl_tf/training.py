@@ -302,7 +302,7 @@ def conv_weight_rms(trunk):
   larger: weight decay inside a loss that RMSProp normalizes can shrink it steadily (the demo
   measured 0.091 -> 0.0067 in 3200 steps, and its features lost what pretraining gave them).
   """
-  kernels = [v for v in trunk.trainable_variables if v.name.endswith("weights:0")]
+  kernels = trunk.conv_kernels()
   if not kernels:
     return 0.0
   return float(tf.reduce_mean(

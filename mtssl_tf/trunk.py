@@ -289,10 +289,14 @@ class Trunk(tf.keras.layers.Layer):
     Equals `tf.add_n(self.losses)` after a call, but needs no call: the training loop and the
     export use it.
     """
-    weights = [v for v in self.trainable_variables if v.name.split(":")[0].endswith("/weights")]
+    weights = self.conv_kernels()
     if not weights:
       return tf.constant(0.0)
     return self.weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in weights])
+
+  def conv_kernels(self):
+    """The conv layers' kernels (slim's `.../weights` variables): what weight decay acts on."""
+    return [v for v in self.trainable_variables if v.name.split(":")[0].endswith("/weights")]
 
   def ensure_built(self):
     """Creates the variables (by a call on a small dummy batch) if they do not exist yet."""

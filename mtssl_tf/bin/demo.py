@@ -106,7 +106,7 @@ def main(argv):
                             seeds=list(range(FLAGS.eval_seeds)), names=FLAGS.evals,
                             processes=FLAGS.eval_processes,
                             gin_files=["experiments/demo.gin"] + FLAGS.gin_file,
-                            gin_params=FLAGS.gin_param + _prior_binding())
+                            gin_params=FLAGS.gin_param)
   for line in explain(outcome, held_out, summary["task_steps"]):
     print(f"[demo] {line}")
   print("[demo] OK")
@@ -120,14 +120,6 @@ def bind_color_prior(workdir):
   if summary is not None:
     print(f"[demo] colorization's color prior from {summary['images_used']} "
           f"{summary['source']['source']} images in {time.time() - start:.1f} s: {path}")
-
-
-def _prior_binding():
-  """colorization.prior_path as bound now, as a binding for processes that parse gin anew."""
-  try:
-    return [f"colorization.prior_path = {gin.query_parameter('colorization.prior_path')!r}"]
-  except ValueError:
-    return []
 
 
 # The held-out toy data: the toy image and video sources drawn with another seed than the
@@ -280,12 +272,11 @@ def run_evaluations(checkpoint, output_dir, seeds, names=None, processes=None, g
   if not names:
     return {}
   start_all = time.time()
-  runs = [(name, seed, trunk, kwargs)
-          for name in sorted(names, key=lambda n: -eval_pool.EXPECTED_COST.get(n, 0))
-          for seed in seeds
-          for trunk, kwargs in zip(TRUNKS, (dict(checkpoint=checkpoint), dict(init="random")))]
-  jobs = [eval_pool.Job(name, os.path.join(output_dir, f"seed{seed}"), seed, kwargs)
-          for name, seed, _, kwargs in runs]
+  jobs = eval_pool.longest_first([
+      eval_pool.Job(name, os.path.join(output_dir, f"seed{seed}"), seed, kwargs)
+      for name in names for seed in seeds
+      for kwargs in (dict(checkpoint=checkpoint), dict(init="random"))])
+  trunk_of = lambda job: TRUNKS[0] if "checkpoint" in job.kwargs else TRUNKS[1]
   processes = processes or eval_pool.default_processes(jobs)
   print(f"[demo] {len(jobs)} evaluation runs ({', '.join(names)}; 2 trunks x {len(seeds)} "
         f"seed(s)), {processes} at a time" + (", each in its own single-threaded process"
@@ -293,19 +284,19 @@ def run_evaluations(checkpoint, output_dir, seeds, names=None, processes=None, g
   done = []
 
   def report(i, results, seconds):
-    name, seed, trunk, _ = runs[i]
+    job = jobs[i]
     done.append(i)
     metrics = results["metrics"]
-    shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE.get(name, ()))
-    print(f"[demo] {name} ({trunk}, seed {seed}): {shown} [{seconds:.0f} s; "
+    shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE.get(job.eval_name, ()))
+    print(f"[demo] {job.eval_name} ({trunk_of(job)}, seed {job.seed}): {shown} [{seconds:.0f} s; "
           f"{len(done)}/{len(jobs)} done, {time.time() - start_all:.0f} s so far]", flush=True)
 
   finished = eval_pool.run_jobs(jobs, processes, gin_files, gin_params, on_done=report)
   values = {name: {k: {t: [] for t in TRUNKS} for k in HEADLINE.get(name, ())}
             for name in names}
-  for (name, _, trunk, _), (results, _) in zip(runs, finished):
-    for key in values[name]:
-      values[name][key][trunk].append(float(results["metrics"][key]))
+  for job, (results, _) in zip(jobs, finished):
+    for key in values[job.eval_name]:
+      values[job.eval_name][key][trunk_of(job)].append(float(results["metrics"][key]))
   print(f"[demo] evaluations at toy scale, {len(seeds)} seed(s) each, in "
         f"{time.time() - start_all:.0f} s (results JSON in {output_dir}):")
   print(f"[demo] {'evaluation':16s} {'metric':12s} {'pretrained':>17s} {'random init':>17s} "
