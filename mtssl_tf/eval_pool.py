@@ -135,6 +135,9 @@ def run_jobs(jobs, processes, gin_files=(), gin_params=(), on_done=None,
       child.terminate()
     for child in children:
       child.join(10)
+      if child.is_alive():
+        child.kill()
+        child.join()
     raise
   pool.shutdown(wait=True)
   return out

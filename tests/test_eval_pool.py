@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import re
+import time
 
 import gin
 import pytest
@@ -51,11 +52,22 @@ def test_workers_take_the_gin_configuration_and_repeat_the_in_process_run(tmp_pa
 
 
 def test_a_failing_job_raises_its_error_and_stops_the_others(tmp_path):
-  missing = str(tmp_path / "no_such_checkpoint")
-  jobs = [eval_pool.Job("imagenet_linear", str(tmp_path), 0, dict(checkpoint=missing))]
-  with pytest.raises(FileNotFoundError, match=f"Checkpoint {re.escape(missing)} does not exist"):
-    eval_pool.run_jobs(jobs * 2, 2, gin_params=SMALL)
-  assert not [c for c in multiprocessing.active_children() if c.is_alive()]
+  # Its own workers are stopped; a child process this process had before is not its to stop.
+  other = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
+  other.start()
+  before = set(multiprocessing.active_children())
+  try:
+    missing = str(tmp_path / "no_such_checkpoint")
+    jobs = [eval_pool.Job("imagenet_linear", str(tmp_path), 0, dict(checkpoint=missing))]
+    with pytest.raises(FileNotFoundError,
+                       match=f"Checkpoint {re.escape(missing)} does not exist"):
+      eval_pool.run_jobs(jobs * 2, 2, gin_params=SMALL)
+    assert not [c for c in multiprocessing.active_children()
+                if c.is_alive() and c not in before]
+    assert other.is_alive()
+  finally:
+    other.kill()
+    other.join()
 
 
 def test_default_processes_is_the_cores_at_most_one_per_job():
