@@ -319,11 +319,11 @@ def run_evaluations(checkpoint, output_dir, seeds, names=None, processes=None, g
 # against random at toy scale"): why each toy evaluation cannot show pretraining ahead.
 MEASURED_CAUSES = {
     "nyu_depth": (
-        "the four-task trunk does not help toy depth: on the demo's checkpoint it trailed random "
-        "init by 2-11 points of delta1 in 5 of 6 seed pairs at learning rates 0.001-0.01 (the "
-        "sixth, +29.5, is a random-init fine-tune that failed: the seed alone moves delta1 by "
-        "up to 32 points); in tools/toy_table.py no single task's trunk beat random init over "
-        "seeds 0 and 1 either (means 64.5 to 76.2 against 78.6)"),
+        "toy depth is answered by the scenes' layout, which a random trunk reads as well: each "
+        "image row's median depth over the training scenes, with no network, scores delta1 90.5 "
+        "on the test scenes, and 100 fine-tuning steps from the demo's checkpoint against random "
+        "init, seeds 0-2, gave 87.1 vs 87.2 at learning rate 0.001, 89.2 vs 90.2 at the demo's "
+        "0.003 and 89.8 vs 90.5 at 0.01; 300 steps on 256 scenes gave 92.6 vs 93.7"),
     "voc_detection": (
         "the 50-step toy detector is noise-bound: one pretrained checkpoint gave mAP 0.136 and "
         "0.039 with seeds 0 and 1, and one trunk and seed gave 0.046 and 0.131 when only the "

@@ -2,6 +2,7 @@
 
 import math
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -487,3 +488,24 @@ def test_evaluation_end_to_end_on_mock_nyu(tmp_path):
   assert metrics["num_images"] == 3 and metrics["num_pixels"] == 3 * 480 * 640
   assert 0.0 <= metrics["delta1_pct"] <= 100.0 and metrics["rmse"] > 0
   assert "pool every valid pixel" in metrics["pooling"]
+
+
+def test_demo_trains_toy_depth_on_the_scenes_own_depths():
+  # A toy scene's depths follow from a fixed camera (its far wall always at toy_depth.FAR_WALL):
+  # the demo's training input may crop, flip and recolor a scene but must not rescale its depths
+  # (NYU's zoom augmentation divides depth by the zoom, which the toy images cannot show).
+  from mtssl_tf.bin import common  # pylint: disable=g-import-not-at-top
+  from mtssl_tf.data import toy_depth  # pylint: disable=g-import-not-at-top
+  scenes = toy_depth.make_scenes(num_scenes=4, seed=3)
+  tf.random.set_seed(0)
+  common.parse_gin(["experiments/demo.gin"], [])
+  try:
+    for i in range(4):
+      example = {"image": scenes["image"][i], "depth": scenes["depth"][i]}
+      for _ in range(3):
+        features = nyu_depth.preprocess(example, input_size=(96, 128), crop_size=(96, 128))
+        depth = features["nyu_depth/depth"].numpy()
+        assert depth.max() == toy_depth.FAR_WALL  # the wall is in every frame
+        assert np.isin(depth, scenes["depth"][i]).all()
+  finally:
+    gin.clear_config()
