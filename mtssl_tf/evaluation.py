@@ -668,6 +668,9 @@ class Evaluator:
                         if self.evaluation.lasso is not None else None),
         "seed": self.seed,
         "seconds": time.time() - start,
+        # Every gin binding in force, so a result says what produced it (and tools that
+        # resume, like tools/toy_table.py, can tell a stale result from a current one).
+        "gin_config": gin.config_str(),
     }
     tf.io.gfile.makedirs(output_dir)
     path = results_path(output_dir, self.name, self.prefix, lasso=self.use_lasso)

@@ -81,7 +81,7 @@ def test_explain_names_the_pretext_tasks_at_chance():
   [line] = demo.explain(outcome, held_out, {"relative_position": 200, "exemplar": 200})
   assert "(difference -0.010, one seed, no noise estimate)" in line
   assert "; relative_position at chance (within 0.01)." in line
-  assert "the linear probe" not in line and "Measured: the 50-step toy detector" in line
+  assert "the linear probe" not in line and "Measured: the demo's 50-step detector" in line
 
 
 def test_run_evaluations_puts_each_pooled_result_under_its_trunk_and_seed(monkeypatch, capsys):

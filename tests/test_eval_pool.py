@@ -49,6 +49,9 @@ def test_workers_take_the_gin_configuration_and_repeat_the_in_process_run(tmp_pa
     assert pooled[0][0]["metrics"][key] == here["metrics"][key]
   assert pooled[0][0]["final_train_loss"] == pytest.approx(here["final_train_loss"], rel=1e-5)
   assert pooled[0][0]["final_train_loss"] != pooled[1][0]["final_train_loss"]
+  # Each result records the gin configuration it ran with: a worker's is the caller's.
+  assert "imagenet_linear.batch_size" in here["gin_config"]
+  assert pooled[0][0]["gin_config"] == here["gin_config"] == gin.config_str()
 
 
 def test_a_failing_job_raises_its_error_and_stops_the_others(tmp_path):

@@ -16,11 +16,13 @@ percent, as tools/results_table.py writes cells; the paper's are on the real dat
 the ordering of rows can be compared), `toy_table.png` (one bar chart per evaluation, the
 random-init row as a dashed line), each row's run directory and results JSONs. Rerunning with
 the same --workdir resumes: a finished pretraining is not redone, an evaluation whose results
-JSON exists is not rerun.
+JSON exists for the same --seed is not rerun, and one computed with another gin configuration
+(e.g. demo.gin changed since) stops the run with the file's name rather than fill the table.
 """
 
 import collections
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -79,14 +81,43 @@ def pretrain(row, workdir, num_steps):
   return summary["checkpoint"]
 
 
-def evaluation_jobs(row, checkpoint, workdir, evals, seed):
+def evaluation_jobs(row, checkpoint, workdir, evals, seed, config):
   """The row's evaluations not yet done, as `eval_pool.Job`s on its checkpoint (None: random
-  init), and the row's results directory."""
-  output_dir = os.path.join(workdir, "results", row)
+  init), and the row's results directory for `seed`.
+
+  A results JSON already there is kept only if it was computed with `config`, the gin
+  configuration the evaluations run with (`gin.config_str()`): one computed with another is
+  refused, not silently reused or overwritten.
+
+  Raises:
+    ValueError: naming a results file computed with another configuration, and the fix.
+  """
+  output_dir = os.path.join(workdir, "results", row, f"seed{seed}")
   kwargs = dict(checkpoint=checkpoint) if checkpoint else dict(init="random")
-  jobs = [eval_pool.Job(name, output_dir, seed, kwargs) for name in evals
-          if not os.path.exists(evaluation.results_path(output_dir, name, checkpoint))]
+  jobs = []
+  for name in evals:
+    path = evaluation.results_path(output_dir, name, checkpoint)
+    if not os.path.exists(path):
+      jobs.append(eval_pool.Job(name, output_dir, seed, kwargs))
+      continue
+    with open(path) as f:
+      previous = json.load(f).get("gin_config")
+    if previous != config:
+      changed = sorted(set((config or "").splitlines()) ^ set((previous or "").splitlines()))
+      raise ValueError(
+          f"{path} was computed with another gin configuration than this run's "
+          f"(differing lines: {'; '.join(changed[:3]) or 'none recorded'}); pass a new "
+          f"--workdir, or delete {os.path.join(workdir, 'results')} to recompute the "
+          "evaluations")
   return jobs, output_dir
+
+
+def evaluation_config(gin_files=(), gin_params=()):
+  """Configures this process as the evaluations run (the demo's configuration, `gin_files`
+  and `gin_params`; the task list does not matter to an evaluation) and returns it as
+  `gin.config_str()`."""
+  configure(None, gin_files, gin_params)
+  return gin.config_str()
 
 
 def load(result_dirs):
@@ -161,12 +192,13 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"Unknown --rows {unknown}; choose from {list(ROWS)}.")
   result_dirs, jobs, start = {}, [], time.time()
+  config = evaluation_config(FLAGS.gin_file, FLAGS.gin_param)
   for row in FLAGS.rows:
     row_start = time.time()
     configure(ROWS[row], FLAGS.gin_file, FLAGS.gin_param)
     checkpoint = None if ROWS[row] is None else pretrain(row, FLAGS.workdir, FLAGS.num_steps)
     row_jobs, result_dirs[row] = evaluation_jobs(row, checkpoint, FLAGS.workdir, FLAGS.evals,
-                                                 FLAGS.seed)
+                                                 FLAGS.seed, config)
     jobs += row_jobs
     print(f"[toy_table] {row}: pretrained in {time.time() - row_start:.0f} s; "
           f"{len(row_jobs)} evaluation(s) to run", flush=True)
@@ -180,12 +212,14 @@ def main(argv):
     done.append(i)
     shown = ", ".join(f"{c.metric} {results['metrics'][c.metric]:.3f}" for c in COLUMNS
                       if c.evaluation == jobs[i].eval_name and c.metric in results["metrics"])
-    print(f"[toy_table] {os.path.basename(jobs[i].output_dir)}: {jobs[i].eval_name} {shown} "
+    row = os.path.basename(os.path.dirname(jobs[i].output_dir))  # results/<row>/seed<seed>
+    print(f"[toy_table] {row}: {jobs[i].eval_name} {shown} "
           f"[{seconds:.0f} s; {len(done)}/{len(jobs)} done, "
           f"{time.time() - eval_start:.0f} s so far]", flush=True)
 
-  # Workers parse the demo's configuration with the user's files and bindings (the task list
-  # does not matter to an evaluation).
+  # Workers parse the demo's configuration with the user's files and bindings; evaluations in
+  # this process (one at a time) run with the same.
+  evaluation_config(FLAGS.gin_file, FLAGS.gin_param)
   eval_pool.run_jobs(jobs, processes, ["experiments/demo.gin"] + FLAGS.gin_file,
                      FLAGS.gin_param, on_done=report)
   print(f"[toy_table] {len(jobs)} evaluations in {time.time() - eval_start:.0f} s, "

@@ -325,9 +325,13 @@ MEASURED_CAUSES = {
         "init, seeds 0-2, gave 87.1 vs 87.2 at learning rate 0.001, 89.2 vs 90.2 at the demo's "
         "0.003 and 89.8 vs 90.5 at 0.01; 300 steps on 256 scenes gave 92.6 vs 93.7"),
     "voc_detection": (
-        "the 50-step toy detector is noise-bound: one pretrained checkpoint gave mAP 0.136 and "
-        "0.039 with seeds 0 and 1, and one trunk and seed gave 0.046 and 0.131 when only the "
-        "number of threads changed"),
+        "the demo's 50-step detector is noise-bound (one checkpoint gave mAP 0.113, 0.032 and "
+        "0.060 with seeds 0-2, random init 0.055, 0.078 and 0.023), and trained longer the toy "
+        "detector favours random init: 0.187 vs 0.264 after 200 steps (seeds 0-2), 0.291 vs "
+        "0.450 after 400 and 0.446 vs 0.664 after 800 (seeds 0-1); the pretraining's halfway "
+        "checkpoint gave 0.404 after 400, so more pretraining hurt. Not the cause: the trunk's "
+        "grown conv weights (rescaled to their initial size: 0.467 after 800 steps) or the 64 "
+        "pretraining images (512 images and 16 clips: 0.326 after 400)"),
 }
 
 

@@ -7,6 +7,7 @@ import os
 import gin
 import numpy as np
 from PIL import Image
+import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # tools/ is not a package: load the binary's module from its file (defines no flags).
@@ -16,7 +17,7 @@ toy_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(toy_table)
 
 
-def _result(directory, evaluation, metrics, step):
+def _result(directory, evaluation, metrics, step, gin_config=None):
   """A results JSON as mtssl_tf.evaluation writes it (step None: random init)."""
   os.makedirs(directory, exist_ok=True)
   tag = "random" if step is None else f"ckpt-{step}"
@@ -24,7 +25,7 @@ def _result(directory, evaluation, metrics, step):
     json.dump({"evaluation": evaluation, "init": "random" if step is None else "checkpoint",
                "checkpoint": None if step is None else f"/runs/x/ckpt-{step}",
                "pretraining": None if step is None else {"global_step": step},
-               "metrics": metrics, "lasso_alpha": None}, f)
+               "metrics": metrics, "lasso_alpha": None, "gin_config": gin_config}, f)
 
 
 def test_each_row_trains_its_own_tasks_on_the_demo_configuration():
@@ -69,16 +70,50 @@ def test_table_and_chart_from_results(tmp_path):
 
 
 def test_evaluation_jobs_are_the_rows_evaluations_not_yet_done(tmp_path):
-  # A rerun resumes: an evaluation whose results JSON exists for this checkpoint is not rerun.
+  # A rerun resumes: an evaluation whose results JSON exists for this checkpoint, seed and
+  # configuration is not rerun.
   workdir = str(tmp_path)
   evals = ["imagenet_linear", "voc_detection", "nyu_depth"]
-  _result(os.path.join(workdir, "results", "rp"), "voc_detection", {"map50_voc07": 0.1}, 240)
-  jobs, output_dir = toy_table.evaluation_jobs("rp", "/runs/x/ckpt-240", workdir, evals, seed=3)
-  assert output_dir == os.path.join(workdir, "results", "rp")
+  _result(os.path.join(workdir, "results", "rp", "seed3"), "voc_detection",
+          {"map50_voc07": 0.1}, 240, gin_config="a = 1\n")
+  jobs, output_dir = toy_table.evaluation_jobs("rp", "/runs/x/ckpt-240", workdir, evals, seed=3,
+                                               config="a = 1\n")
+  assert output_dir == os.path.join(workdir, "results", "rp", "seed3")
   assert [j.eval_name for j in jobs] == ["imagenet_linear", "nyu_depth"]
   assert all(j.seed == 3 and j.kwargs == {"checkpoint": "/runs/x/ckpt-240"} for j in jobs)
-  # The same evaluation of another checkpoint (or of a random trunk) is still to do.
-  jobs, _ = toy_table.evaluation_jobs("rp", "/runs/x/ckpt-480", workdir, evals, seed=0)
+  assert all(j.output_dir == output_dir for j in jobs)
+  # Another seed, another checkpoint or a random trunk is still to do.
+  jobs, _ = toy_table.evaluation_jobs("rp", "/runs/x/ckpt-240", workdir, evals, seed=0,
+                                      config="a = 1\n")
   assert len(jobs) == 3
-  jobs, _ = toy_table.evaluation_jobs("random", None, workdir, evals, seed=0)
+  jobs, _ = toy_table.evaluation_jobs("rp", "/runs/x/ckpt-480", workdir, evals, seed=3,
+                                      config="a = 1\n")
+  assert len(jobs) == 3
+  jobs, _ = toy_table.evaluation_jobs("random", None, workdir, evals, seed=3, config="a = 1\n")
   assert len(jobs) == 3 and all(j.kwargs == {"init": "random"} for j in jobs)
+
+
+@pytest.mark.parametrize("previous", ["a = 2\n", None])
+def test_a_result_of_another_configuration_is_refused_not_reused(tmp_path, previous):
+  # After a change to demo.gin (e.g. an evaluation's protocol) the old results must not fill
+  # the new table; results written before configurations were recorded are refused too.
+  workdir = str(tmp_path)
+  _result(os.path.join(workdir, "results", "rp", "seed0"), "nyu_depth", {"delta1_pct": 50.0},
+          240, gin_config=previous)
+  with pytest.raises(ValueError) as info:
+    toy_table.evaluation_jobs("rp", "/runs/x/ckpt-240", workdir, ["nyu_depth"], seed=0,
+                              config="a = 1\n")
+  message = str(info.value)
+  assert "nyu_depth-ckpt-240.json was computed with another gin configuration" in message
+  assert "a = 1" in message and "new --workdir" in message
+
+
+def test_evaluations_record_the_configuration_the_table_expects():
+  # The table compares each result's gin_config with evaluation_config(): an evaluation run
+  # with the demo's configuration must record exactly that string.
+  config = toy_table.evaluation_config([], ["nyu_depth.batch_size = 2"])
+  assert "nyu_depth.batch_size = 2" in config and "MultiTaskTrainer.tasks" in config
+  try:
+    assert gin.config_str() == config
+  finally:
+    gin.clear_config()
