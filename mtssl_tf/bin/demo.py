@@ -328,10 +328,13 @@ MEASURED_CAUSES = {
         "the demo's 50-step detector is noise-bound (one checkpoint gave mAP 0.113, 0.032 and "
         "0.060 with seeds 0-2, random init 0.055, 0.078 and 0.023), and trained longer the toy "
         "detector favours random init: 0.187 vs 0.264 after 200 steps (seeds 0-2), 0.291 vs "
-        "0.450 after 400 and 0.446 vs 0.664 after 800 (seeds 0-1); the pretraining's halfway "
-        "checkpoint gave 0.404 after 400, so more pretraining hurt. Not the cause: the trunk's "
-        "grown conv weights (rescaled to their initial size: 0.467 after 800 steps) or the 64 "
-        "pretraining images (512 images and 16 clips: 0.326 after 400)"),
+        "0.450 after 400 and 0.446 vs 0.664 after 800 (seeds 0-1). Every pretext trunk trails "
+        "after 400 steps (seed 0, random init 0.498): relative position 0.176, colorization "
+        "0.293, exemplar 0.319, motion segmentation 0.448 (240 pretraining steps each), exemplar "
+        "with motion segmentation 0.359 (800), and the four tasks' halfway checkpoint gave 0.404, "
+        "so more pretraining hurt. Not the cause: the trunk's grown conv weights (rescaled to "
+        "their initial size: 0.467 after 800 steps) or the 64 pretraining images (512 images "
+        "and 16 clips: 0.326 after 400)"),
 }
 
 
