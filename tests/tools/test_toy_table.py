@@ -108,12 +108,20 @@ def test_a_result_of_another_configuration_is_refused_not_reused(tmp_path, previ
   assert "a = 1" in message and "new --workdir" in message
 
 
-def test_evaluations_record_the_configuration_the_table_expects():
-  # The table compares each result's gin_config with evaluation_config(): an evaluation run
-  # with the demo's configuration must record exactly that string.
-  config = toy_table.evaluation_config([], ["nyu_depth.batch_size = 2"])
-  assert "nyu_depth.batch_size = 2" in config and "MultiTaskTrainer.tasks" in config
+def test_the_evaluations_configuration_does_not_depend_on_the_row_configured_last():
+  # Rows are pretrained one after another, each with its own task list (and a color prior
+  # bound on the way); the configuration the evaluations run with, and that their results are
+  # compared with, must be the same whichever row came last.
+  toy_table.configure(toy_table.ROWS["rp"])
+  with gin.unlock_config():
+    gin.bind_parameter("colorization.prior_path", "/somewhere/prior.npy")
+  row_config = gin.config_str()
   try:
-    assert gin.config_str() == config
+    after_rp = toy_table.evaluation_config([], ["nyu_depth.batch_size = 2"])
+    toy_table.configure(toy_table.ROWS["ms"])
+    after_ms = toy_table.evaluation_config([], ["nyu_depth.batch_size = 2"])
+    assert after_rp == after_ms == gin.config_str()
+    assert "nyu_depth.batch_size = 2" in after_rp and "/somewhere/prior.npy" not in after_rp
+    assert after_rp != row_config
   finally:
     gin.clear_config()
