@@ -40,7 +40,7 @@ def _gradients(trunk, task, variables, batch):
 
 
 def _rmsprop(grad, velocity, momentum):
-  """Keras 2.15 RMSprop (epsilon inside the square root), in float64: (step, velocity, momentum).
+  """TF1's RMSProp (epsilon inside the square root), in float64: (step, velocity, momentum).
 
   The variable moves by -step.
   """
@@ -89,7 +89,8 @@ def test_an_apply_is_the_rmsprop_update_for_the_mean_of_the_accumulated_gradient
     assert len(velocities) == len(momentums) == len(variables)
     names = [v.name for v in variables]
 
-    velocity = [np.zeros(v.shape) for v in variables]
+    # The mean square starts at 1, as TF1's (TaskSettings.initial_mean_square).
+    velocity = [np.ones(v.shape) for v in variables]
     momentum = [np.zeros(v.shape) for v in variables]
     for apply in range(2):
       before = [v.numpy() for v in variables]

@@ -203,8 +203,11 @@ def test_slots_change_only_on_apply_steps_and_accumulators_empty_after_apply(run
 
 
 def test_a_short_multi_task_run_lowers_every_loss(tmp_path):
-  # The demo's rate for the small trunk, and its colorization head (experiments/demo.gin).
-  _bind("TaskSettings.learning_rate = 3e-4", "colorization.head_width = 64")
+  # The demo's rate for the small trunk, and its colorization head (experiments/demo.gin). The
+  # mean square starts at 0, so that every update is a full step: from TF1's start of 1 (the
+  # default) steps reach full size only after ~100 updates, beyond a test's few.
+  _bind("TaskSettings.learning_rate = 3e-4", "colorization.head_width = 64",
+        "TaskSettings.initial_mean_square = 0.0")
   names = ["relative_position", "colorization", "exemplar", "motion_segmentation"]
   fns = _fixed_batches(names)
   trainer = training.MultiTaskTrainer(str(tmp_path / "run"), tasks=names, input_fns=fns)
@@ -232,10 +235,13 @@ def test_the_demo_pretraining_does_not_shrink_the_trunk(tmp_path, monkeypatch):
   # batch: its loss nears 0 within tens of steps, after which any weight decay in its loss is
   # most of the gradient its RMSProp normalizes, and moves each weight by up to the learning
   # rate per step. With slim's decay (1e-4) 60 steps shrink the conv weights' RMS to 0.87 of
-  # its start (0.54 in 100); without, it grows by about 1%.
+  # its start (0.54 in 100); without, it grows by about 1%. The mean square starts at 0, where
+  # it tracks the squared gradient at once, as it does once TF1's start of 1 (the default) has
+  # faded after ~100 updates: 60 steps from 1 are all warm-up and move nothing much either way.
   monkeypatch.setitem(trunk_lib.BLOCK_UNITS, 20, (1, 1, 1))
   gin.clear_config()
-  common.parse_gin(["experiments/demo.gin"], ["Trunk.depth = 20"])
+  common.parse_gin(["experiments/demo.gin"], ["Trunk.depth = 20",
+                                              "TaskSettings.initial_mean_square = 0.0"])
   names = ["motion_segmentation"]
   trainer = training.MultiTaskTrainer(str(tmp_path / "run"), tasks=names,
                                       input_fns=_fixed_batches(names))
@@ -393,10 +399,37 @@ def _first_trunk_updates(trainer, name, loss_scales):
   return updates
 
 
+def test_a_tasks_rmsprop_is_tf1s_from_its_first_update():
+  # The paper's TensorFlow-Slim code trained with TF1's tf.train.RMSPropOptimizer, whose mean
+  # square starts at 1; Keras's RMSprop starts it at 0, which makes the first update 3.2 times
+  # the learning rate per weight whatever the gradient (and 300 times TF1's here, for the
+  # gradients of 1e-2). Rows of gradients of 1e-4, 1e-2 and 1: six updates of a task's
+  # optimizer against TF1's own, at the task's default rho, momentum and epsilon.
+  gin.clear_config()
+  settings = training.TaskSettings(learning_rate=1e-3)
+  rng = np.random.RandomState(0)
+  start = rng.normal(size=[3, 5]).astype(np.float32)
+  ours, theirs = tf.Variable(start), tf.Variable(start)
+  optimizer = training.make_optimizer(settings, [ours])
+  reference = tf.compat.v1.train.RMSPropOptimizer(
+      1e-3, decay=settings.rho, momentum=settings.momentum, epsilon=settings.epsilon)
+  for _ in range(6):
+    gradient = tf.constant(rng.normal(size=[3, 5]) * [[1e-4], [1e-2], [1.0]], tf.float32)
+    optimizer.apply_gradients([(gradient, ours)])
+    reference.apply_gradients([(gradient, theirs)])
+    moved, expected = ours.numpy() - start, theirs.numpy() - start
+    # Row by row: each row's steps are of its own size (1e-7 to 1e-2 here).
+    for row in range(3):
+      np.testing.assert_allclose(moved[row], expected[row], rtol=1e-3,
+                                 atol=1e-3 * np.abs(expected[row]).max() + 1e-9)
+
+
 def test_a_tasks_update_does_not_depend_on_its_loss_scale(tmp_path):
   # Paper section 4: a separate RMSProp per task makes a loss's scale irrelevant to how fast the
-  # task trains. That holds when epsilon is small beside the squared gradients; slim's TF1
-  # recipe (epsilon 1.0) makes the update nearly proportional to the loss scale instead.
+  # task trains. That holds when epsilon is small beside the squared gradients and the mean
+  # square tracks them: checked from a mean square of 0 (_first_trunk_updates zeroes the
+  # slots), as it is once TF1's start of 1 has faded (rho^k, about 130 updates at |g| ~ 1e-3).
+  # Slim's TF1 recipe (epsilon 1.0) makes the update nearly proportional to the loss scale.
   name = "exemplar"
   batches = _fixed_batches([name])
   trainer = training.MultiTaskTrainer(str(tmp_path / "default"), tasks=[name], input_fns=batches)
