@@ -323,20 +323,21 @@ MEASURED_CAUSES = {
         "image row's median depth over the training scenes, with no network, scores delta1 90.5 "
         "on the test scenes, and 100 fine-tuning steps from the demo's checkpoint against random "
         "init, seeds 0-2, gave 87.1 vs 87.2 at learning rate 0.001, 89.2 vs 90.2 at the demo's "
-        "0.003 and 89.8 vs 90.5 at 0.01; 300 steps on 256 scenes gave 92.6 vs 93.7"),
+        "0.003 and 89.8 vs 90.5 at 0.01; 300 steps on 256 scenes gave 92.6 vs 93.7 (a "
+        "checkpoint pretrained with the mean square of RMSProp starting at 0). Started at 1, two "
+        "pretraining runs of the demo gave 91.0 / 90.2 and 87.6 / 88.3 with seeds 0-1, random "
+        "init 90.7 / 89.6"),
     "voc_detection": (
-        "the demo's 50-step detector is noise-bound (one checkpoint gave mAP 0.113, 0.032 and "
-        "0.060 with seeds 0-2, random init 0.055, 0.078 and 0.023), and trained longer the toy "
-        "detector favours random init: 0.187 vs 0.264 after 200 steps (seeds 0-2), 0.291 vs "
-        "0.450 after 400 and 0.446 vs 0.664 after 800 (seeds 0-1). Every pretext trunk trails "
-        "after 400 steps (seed 0, random init 0.498): relative position 0.176, colorization "
-        "0.293, exemplar 0.319, motion segmentation 0.448 (240 pretraining steps each), exemplar "
-        "with motion segmentation 0.359 (800), and the four tasks' halfway checkpoint gave 0.404, "
-        "so more pretraining hurt. It is the features, not the fine-tune: with the trunk "
-        "frozen, 0.202 and 0.178 vs 0.264 and 0.219 after 400. Not the cause: the trunk's grown "
-        "conv weights (rescaled to their initial size: 0.467 after 800 steps), the 64 "
-        "pretraining images (512 images and 16 clips: 0.326 after 400) or the scenes' stripe "
-        "textures (without them, frozen: 0.160 and 0.183 vs 0.228 and 0.213)"),
+        "the demo's 50-step detector is near its seed noise: two pretraining runs of the demo "
+        "(the same configuration; pretraining on CPU threads is not bit-reproducible) gave mAP "
+        "0.100, 0.100, 0.074, 0.090 and 0.083, 0.092, 0.066, 0.061 with seeds 0-3, random init "
+        "0.055, 0.078, 0.023, 0.046: ahead on every seed, by less than the seeds' spread on "
+        "some. Trained longer the two starts meet: 0.293 vs 0.264 after 200 steps (seeds 0-2), "
+        "0.437 vs 0.450 after 400 and 0.619 vs 0.664 after 800 (seeds 0-1). Before each task's "
+        "RMSProp started its mean square at 1 (TF1's start; Keras's 0 takes full-size steps "
+        "from the first update, which collapsed block 3's features), the pretrained trunk fell "
+        "further behind the longer it trained: 0.187 vs 0.264 after 200 steps, 0.291 vs 0.450 "
+        "after 400 and 0.446 vs 0.664 after 800"),
 }
 
 
