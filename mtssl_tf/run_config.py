@@ -66,15 +66,17 @@ ALL = "*"
 MAY_CHANGE = {
     # Optimization. Not TaskSettings.accumulation_steps: the checkpoint holds a task's
     # accumulators only when it is above 1, and they sum that many of its steps.
+    # initial_mean_square: a resumed run's mean squares come from its checkpoint.
     "TaskSettings": ("weight", "cost_per_step", "learning_rate", "decay_rate", "decay_steps",
-                     "rho", "momentum", "epsilon"),
+                     "rho", "momentum", "epsilon", "initial_mean_square"),
     "Trunk": ("weight_decay", "batch_norm_decay"),
     "Lasso": ("l1_weight",),
     "colorization.loss": ALL,
     "exemplar.loss": ALL,
     "motion_segmentation.loss": ALL,
     # The run: length, cadence, output, distribution, precision, compilation.
-    "run_training": ("num_steps", "max_compute", "strategy_name", "warm_start_from"),
+    "run_training": ("num_steps", "max_compute", "strategy_name", "warm_start_from", "seed",
+                     "deterministic"),
     "MultiTaskTrainer": ("strategy", "checkpoint_every_compute", "checkpoint_every_secs",
                          "max_checkpoints_to_keep", "summary_every_steps", "log_every_secs",
                          "input_fns", "precision", "jit_compile"),

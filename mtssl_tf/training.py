@@ -1009,7 +1009,7 @@ def _inner(optimizer):
 
 @gin.configurable
 def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="default",
-                 warm_start_from=None):
+                 warm_start_from=None, seed=None, deterministic=False):
   """Builds a `MultiTaskTrainer` (gin-configured) in model_dir and trains; the `mtssl-train` job.
 
   Before anything is built or written, a model directory that holds checkpoints is checked
@@ -1024,6 +1024,15 @@ def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="def
     warm_start_from: another run's model directory or checkpoint: a new run's trunk starts
       from its trunk (heads, optimizers and counters fresh). Ignored once model_dir has a
       checkpoint of its own: a restarted run resumes from that.
+    seed: None, or an int seeding Python, NumPy and TensorFlow before anything is built: the
+      trunk's and heads' initialization and the input pipelines' random draws (crops, patch
+      positions, augmentation, shuffling) are drawn from the same seeds in every run. Without
+      `deterministic`, parallel input pipelines hand those draws to examples in any order and
+      multi-threaded ops sum in any order, so runs differ. A resumed run seeds again.
+    deterministic: with a seed, TensorFlow's op determinism too
+      (`tf.config.experimental.enable_op_determinism`): the same seed, data and machine give
+      the same checkpoints. Input pipelines with random ops then run one example at a time, and
+      ops without a deterministic kernel (some on GPUs) raise an error.
 
   Returns:
     (the `MultiTaskTrainer`, the summary dict of `MultiTaskTrainer.train`).
@@ -1032,6 +1041,13 @@ def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="def
     run_config.ConfigChanged: the configuration changes what model_dir's checkpoints hold.
   """
   run_config.check_resume(model_dir)
+  if seed is not None:
+    tf.keras.utils.set_random_seed(int(seed))
+    if deterministic:
+      tf.config.experimental.enable_op_determinism()
+  elif deterministic:
+    raise ValueError("run_training.deterministic needs run_training.seed: bind "
+                     "run_training.seed = 0 (or any int).")
   strategy = distribute.make_strategy(strategy_name)
   # The cluster is complete: a supervisor stops timing the wait; SIGTERM is ours again.
   supervise.report_joined()

@@ -324,15 +324,15 @@ MEASURED_CAUSES = {
         "on the test scenes, and 100 fine-tuning steps from the demo's checkpoint against random "
         "init, seeds 0-2, gave 87.1 vs 87.2 at learning rate 0.001, 89.2 vs 90.2 at the demo's "
         "0.003 and 89.8 vs 90.5 at 0.01; 300 steps on 256 scenes gave 92.6 vs 93.7 (a "
-        "checkpoint pretrained with the mean square of RMSProp starting at 0). Started at 1, two "
-        "pretraining runs of the demo gave 91.0 / 90.2 and 87.6 / 88.3 with seeds 0-1, random "
-        "init 90.7 / 89.6"),
+        "checkpoint pretrained with the mean square of RMSProp starting at 0). Started at 1, the "
+        "demo's seeded pretraining gave 89.2 / 89.5 with seeds 0-1 and two unseeded runs 91.0 / "
+        "90.2 and 87.6 / 88.3, random init 90.7 / 89.6"),
     "voc_detection": (
-        "the demo's 50-step detector is near its seed noise: two pretraining runs of the demo "
-        "(the same configuration; pretraining on CPU threads is not bit-reproducible) gave mAP "
-        "0.100, 0.100, 0.074, 0.090 and 0.083, 0.092, 0.066, 0.061 with seeds 0-3, random init "
-        "0.055, 0.078, 0.023, 0.046: ahead on every seed, by less than the seeds' spread on "
-        "some. Trained longer the two starts meet: 0.293 vs 0.264 after 200 steps (seeds 0-2), "
+        "the demo's 50-step detector is near its seed noise: the demo's seeded pretraining gave "
+        "mAP 0.143 and 0.102 with seeds 0-1, and two unseeded pretraining runs 0.100, 0.100, "
+        "0.074, 0.090 and 0.083, 0.092, 0.066, 0.061 with seeds 0-3, random init 0.055, 0.078, "
+        "0.023, 0.046: ahead on every seed, by less than the seeds' spread on some. Trained "
+        "longer (the first unseeded run) the two starts meet: 0.293 vs 0.264 after 200 steps (seeds 0-2), "
         "0.437 vs 0.450 after 400 and 0.619 vs 0.664 after 800 (seeds 0-1). Before each task's "
         "RMSProp started its mean square at 1 (TF1's start; Keras's 0 takes full-size steps "
         "from the first update, which collapsed block 3's features), the pretrained trunk fell "
