@@ -130,7 +130,23 @@ def run_jobs(jobs, processes, gin_files=(), gin_params=(), on_done=None,
   except BaseException:
     # Stop at once: waiting for the running jobs to end could take minutes.
     pool.shutdown(wait=False, cancel_futures=True)
+    _stop_children(others)
+    # The pool's manager thread may have started a worker while the others were stopped (CI
+    # once found one left); once shutdown has joined that thread no more can start.
+    pool.shutdown(wait=True)
+    _stop_children(others)
+    raise
+  pool.shutdown(wait=True)
+  return out
+
+
+def _stop_children(others):
+  """Terminates (after 10 s kills) this process's child processes that are not in `others`,
+  until none is left (a few rounds at most: one can be starting while the others stop)."""
+  for _ in range(20):
     children = [c for c in multiprocessing.active_children() if c not in others]
+    if not children:
+      return
     for child in children:
       child.terminate()
     for child in children:
@@ -138,6 +154,4 @@ def run_jobs(jobs, processes, gin_files=(), gin_params=(), on_done=None,
       if child.is_alive():
         child.kill()
         child.join()
-    raise
-  pool.shutdown(wait=True)
-  return out
+    time.sleep(0.05)

@@ -1028,11 +1028,13 @@ def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="def
       trunk's and heads' initialization and the input pipelines' random draws (crops, patch
       positions, augmentation, shuffling) are drawn from the same seeds in every run. Without
       `deterministic`, parallel input pipelines hand those draws to examples in any order and
-      multi-threaded ops sum in any order, so runs differ. A resumed run seeds again.
+      multi-threaded ops sum in any order, so runs differ. A resumed run seeds again, so its
+      input pipelines replay the draws of the run's start (the iterators are not checkpointed).
     deterministic: with a seed, TensorFlow's op determinism too
       (`tf.config.experimental.enable_op_determinism`): the same seed, data and machine give
       the same checkpoints. Input pipelines with random ops then run one example at a time, and
-      ops without a deterministic kernel (some on GPUs) raise an error.
+      ops without a deterministic kernel (some on GPUs) raise an error. Turned off again when
+      training returns (unless it was on before).
 
   Returns:
     (the `MultiTaskTrainer`, the summary dict of `MultiTaskTrainer.train`).
@@ -1041,13 +1043,25 @@ def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="def
     run_config.ConfigChanged: the configuration changes what model_dir's checkpoints hold.
   """
   run_config.check_resume(model_dir)
-  if seed is not None:
-    tf.keras.utils.set_random_seed(int(seed))
-    if deterministic:
-      tf.config.experimental.enable_op_determinism()
-  elif deterministic:
+  if deterministic and seed is None:
     raise ValueError("run_training.deterministic needs run_training.seed: bind "
                      "run_training.seed = 0 (or any int).")
+  if seed is not None:
+    tf.keras.utils.set_random_seed(int(seed))
+  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import config as tf_config  # only enable_* is public
+  turn_off = deterministic and not tf_config.is_op_determinism_enabled()
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
+  try:
+    return _run_training(model_dir, num_steps, max_compute, strategy_name, warm_start_from)
+  finally:
+    if turn_off:
+      tf_config.disable_op_determinism()
+
+
+def _run_training(model_dir, num_steps, max_compute, strategy_name, warm_start_from):
+  """`run_training` once seeds and determinism are set: the strategy, the trainer, training."""
   strategy = distribute.make_strategy(strategy_name)
   # The cluster is complete: a supervisor stops timing the wait; SIGTERM is ours again.
   supervise.report_joined()

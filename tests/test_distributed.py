@@ -29,7 +29,7 @@ block (`SMALL_DEPTH`), which builds and traces in about half the time of the dep
 RMSProp's epsilon is 1e4 here (inside the square root; gradients are below ~5), so an update is
 momentum SGD at rate lr / 100, linear in the gradient to 2e-4. Summing the replicas' gradients
 where they should be averaged (a loss not divided by the number of replicas) then doubles the
-update and the accumulators and quadruples the velocity. With a tiny epsilon RMSProp would
+update and the accumulators and quadruples the velocity's squared-gradient part. With a tiny epsilon RMSProp would
 divide a gradient's scale away, and only the velocity slot would show it.
 """
 

@@ -39,7 +39,8 @@ def _checkpoints(directory):
 
 
 def test_a_diverging_run_stops_at_its_first_bad_step_and_keeps_only_clean_checkpoints(tmp_path):
-  # RMSProp moves every weight by about learning_rate * 3 at the first update: at 1e6 the next
+  # RMSProp moves every weight by about learning_rate * gradient at the first update (its mean
+  # square starts at 1): at 1e6 the next
   # gradients' squares overflow float32 in the mean square slot, while the loss (~1e30), the
   # gradients and the weights (~1e7) stay finite for a few more steps (seen with seeds 0 and
   # 1). A checkpoint after every step.

@@ -107,5 +107,5 @@ def test_train_dry_run_writes_nothing(tmp_path):
                  f"--model_dir={model_dir}", "--seconds_per_step=1"], tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "relative_position: 25% of steps" in result.stdout
-  assert "wall time 4.0 min" in result.stdout  # 240 steps at 1 s
+  assert "wall time 13.3 min" in result.stdout  # 800 steps at 1 s
   assert not model_dir.exists()

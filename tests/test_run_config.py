@@ -209,8 +209,9 @@ def test_warm_start_from_starts_a_new_run_from_the_old_trunk_once(old_run, tmp_p
          "TaskSettings.learning_rate = 1e-3")
   trainer, summary = training.run_training(new_dir, warm_start_from=old_dir)
   assert trainer.restored_from is None and summary["task_steps"] == {"exemplar": 1}
-  # One RMSProp step from the old trunk: each weight moves by about the learning rate times
-  # 1/sqrt(1 - rho) = 3.2e-3; a fresh initialization is nowhere near the old trunk.
+  # One RMSProp step from the old trunk: each weight moves by at most the learning rate times
+  # 1/sqrt(1 - rho) = 3.2e-3 (a mean square starting at 0; from TF1's 1, by about the learning
+  # rate times the gradient); a fresh initialization is nowhere near the old trunk.
   trained = {v.name: v.numpy() for v in trainer.trunk.trainable_variables}
   for name, value in trained.items():
     np.testing.assert_allclose(value, old_trunk[name], rtol=0, atol=4e-3, err_msg=name)

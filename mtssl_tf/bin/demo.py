@@ -315,8 +315,9 @@ def run_evaluations(checkpoint, output_dir, seeds, names=None, processes=None, g
   return outcome
 
 
-# What was measured on the demo's checkpoints when pretraining did not lead (README, "Pretrained
-# against random at toy scale"): why each toy evaluation cannot show pretraining ahead.
+# What was measured on the demo's checkpoints (README, "Pretrained against random at toy
+# scale"), printed for an evaluation where pretraining does not lead: why toy depth cannot show
+# it, and how near its seed noise toy detection's lead is.
 MEASURED_CAUSES = {
     "nyu_depth": (
         "toy depth is answered by the scenes' layout, which a random trunk reads as well: each "
