@@ -18,6 +18,7 @@
   worker, or by the chief when no worker of the new cluster has that index.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -169,3 +170,26 @@ def remove_worker_dir(model_dir, strategy):
     except (OSError, tf.errors.OpError) as e:  # another run may share it; not fatal
       logging.warning("Could not remove %s: %s", path, e)
       shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def seeded(seed, deterministic=True):
+  """Seeds Python, NumPy and TensorFlow inside (when seed is not None), with op determinism on
+  (`deterministic`), turned off again on leaving unless it was on before.
+
+  The one place where runs are made repeatable: the trainer (`run_training.seed`,
+  `run_training.deterministic`) and the evaluations (`evaluate(seed=...)`).
+  """
+  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import config as tf_config  # only enable_* is public
+  if seed is not None:
+    tf.keras.utils.set_random_seed(int(seed))
+  turn_off = (seed is not None and deterministic and
+              not tf_config.is_op_determinism_enabled())
+  if turn_off:
+    tf_config.enable_op_determinism()
+  try:
+    yield
+  finally:
+    if turn_off:
+      tf_config.disable_op_determinism()

@@ -32,7 +32,6 @@ augmentation and initialization repeat: the same checkpoint and seed give the sa
 (the input pipeline's random maps then run one element at a time, which is slower).
 """
 
-import contextlib
 import dataclasses
 import glob
 import json
@@ -240,22 +239,8 @@ def results_path(output_dir, eval_name, checkpoint=None, lasso=False):
   return os.path.join(output_dir, f"{eval_name}-{tag}{'-lasso' if lasso else ''}.json")
 
 
-@contextlib.contextmanager
-def _seeded(seed):
-  """Seeds Python, NumPy and TensorFlow and turns on op determinism inside (if seed given)."""
-  if seed is None:
-    yield
-    return
-  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.framework import config as tf_config
-  was_deterministic = tf_config.is_op_determinism_enabled()
-  tf.keras.utils.set_random_seed(int(seed))
-  tf_config.enable_op_determinism()
-  try:
-    yield
-  finally:
-    if not was_deterministic:
-      tf_config.disable_op_determinism()
+# Seeds Python, NumPy and TensorFlow and turns on op determinism inside (if seed given).
+_seeded = distribute.seeded
 
 
 def _batch_norm_layers(module):

@@ -1046,18 +1046,8 @@ def run_training(model_dir, num_steps=None, max_compute=None, strategy_name="def
   if deterministic and seed is None:
     raise ValueError("run_training.deterministic needs run_training.seed: bind "
                      "run_training.seed = 0 (or any int).")
-  if seed is not None:
-    tf.keras.utils.set_random_seed(int(seed))
-  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.framework import config as tf_config  # only enable_* is public
-  turn_off = deterministic and not tf_config.is_op_determinism_enabled()
-  if deterministic:
-    tf.config.experimental.enable_op_determinism()
-  try:
+  with distribute.seeded(seed, deterministic):
     return _run_training(model_dir, num_steps, max_compute, strategy_name, warm_start_from)
-  finally:
-    if turn_off:
-      tf_config.disable_op_determinism()
 
 
 def _run_training(model_dir, num_steps, max_compute, strategy_name, warm_start_from):
